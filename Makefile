@@ -1,0 +1,18 @@
+# The two commands of the README, and a few more for developers. Run them as root (sudo make ...).
+VENV := .venv/bin
+
+.PHONY: workshop test provision lint
+
+workshop: ## install everything, then start JupyterLab on the lessons
+	scripts/provision.sh
+	$(VENV)/jupyter lab --allow-root --no-browser --ip 127.0.0.1 --port 8888 --notebook-dir lessons
+
+test: ## install everything, then run the whole test suite (tests and lessons)
+	scripts/provision.sh --no-images
+	$(VENV)/pytest
+
+provision:
+	scripts/provision.sh
+
+lint:
+	$(VENV)/ruff check mini_container webapp tests

@@ -1,0 +1,127 @@
+"""minictl: a docker-like command line over the engine.
+
+    minictl bootstrap busybox                 build the default image offline
+    minictl images                            list images
+    minictl run [-it] [--rm] IMAGE [CMD...]   run a container in the foreground
+    minictl ps [-a]                           list containers
+    minictl rm [-f] NAME...                   remove containers
+
+A mistake a user can make ends with one line on stderr and a non-zero exit code, never a traceback.
+The engine's data lives under --root (or $MINI_CONTAINER_ROOT), by default /var/lib/mini-container.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from .errors import ContainerError, NotRootError
+from .image.bootstrap import bootstrap_busybox
+from .image.store import ImageStore
+from .locations import engine_root
+from .runtime.containers import ContainerStore
+from .runtime.run import run
+
+BOOTSTRAPS = {"busybox": bootstrap_busybox}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if os.geteuid() != 0:
+            raise NotRootError("minictl needs root (try: sudo minictl ...); "
+                               "rootless containers are not supported yet")
+        return args.handler(args) or 0
+    except ContainerError as e:
+        print(f"minictl: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="minictl", description="A container engine built to be watched.")
+    parser.add_argument("--root", default=str(engine_root()),
+                        help="where images and containers are kept (default: %(default)s)")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    bootstrap = commands.add_parser("bootstrap", help="build a default image offline from host packages")
+    bootstrap.add_argument("image", choices=sorted(BOOTSTRAPS))
+    bootstrap.set_defaults(handler=_bootstrap)
+
+    images = commands.add_parser("images", help="list images")
+    images.set_defaults(handler=_images)
+
+    runner = commands.add_parser("run", help="run a command in a new container")
+    runner.add_argument("-i", "--interactive", action="store_true", help="keep stdin attached")
+    runner.add_argument("-t", "--tty", action="store_true", help="give the container a terminal")
+    runner.add_argument("--rm", action="store_true", help="remove the container when it exits")
+    runner.add_argument("--name", default="", help="a name for the container")
+    runner.add_argument("--hostname", default="", help="the container's host name (default: its short id)")
+    runner.add_argument("-e", "--env", action="append", default=[], metavar="KEY[=VALUE]",
+                        help="set an environment variable")
+    runner.add_argument("image")
+    runner.add_argument("command", nargs=argparse.REMAINDER, help="the command (default: the image's)")
+    runner.set_defaults(handler=_run)
+
+    ps = commands.add_parser("ps", help="list containers")
+    ps.add_argument("-a", "--all", action="store_true", help="also the ones that exited")
+    ps.set_defaults(handler=_ps)
+
+    rm = commands.add_parser("rm", help="remove containers")
+    rm.add_argument("-f", "--force", action="store_true", help="kill a running container first")
+    rm.add_argument("containers", nargs="+", metavar="NAME")
+    rm.set_defaults(handler=_rm)
+    return parser
+
+
+def _bootstrap(args) -> None:
+    image = BOOTSTRAPS[args.image](ImageStore(args.root))
+    print(f"built {image.reference}: {len(image.layers)} layer(s) in {args.root}")
+
+
+def _images(args) -> None:
+    print(f"{'IMAGE':<30} {'LAYERS':>6}  COMMAND")
+    for image in ImageStore(args.root).list():
+        print(f"{image.reference:<30} {len(image.layers):>6}  {' '.join(image.config.get('Cmd') or [])}")
+
+
+def _run(args) -> int:
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    image = ImageStore(args.root).get(args.image)
+    containers = ContainerStore(args.root)
+    spec = containers.create(image, command, name=args.name, env=args.env, hostname=args.hostname,
+                             tty=args.tty, interactive=args.interactive)
+    return run(containers, spec, remove=args.rm)
+
+
+def _ps(args) -> None:
+    print(f"{'CONTAINER ID':<13} {'IMAGE':<20} {'COMMAND':<24} {'CREATED':<16} {'STATUS':<16} NAME")
+    for record in ContainerStore(args.root).list():
+        if record["status"] != "running" and not args.all:
+            continue
+        status = record["status"]
+        if status == "exited" and record["exit_code"] is not None:
+            status = f"exited ({record['exit_code']})"
+        created = time.strftime("%Y-%m-%d %H:%M", time.localtime(record["created"]))
+        command = " ".join(record["command"])[:24]
+        print(f"{record['id'][:12]:<13} {record['image']:<20} {command:<24} {created:<16} {status:<16} "
+              f"{record['name']}")
+
+
+def _rm(args) -> int:
+    failed = 0
+    for name in args.containers:
+        try:
+            ContainerStore(args.root).remove(name, force=args.force)
+            print(name)
+        except ContainerError as e:
+            print(f"minictl: {e}", file=sys.stderr)
+            failed = 1
+    return failed
+
+
+if __name__ == "__main__":
+    sys.exit(main())

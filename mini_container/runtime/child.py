@@ -1,0 +1,56 @@
+"""The child's side: a process that becomes a container one step at a time.
+
+After fork, the child waits on its end of the channel for the name of a step, does it, answers
+`{"ok": true}` or `{"error": ..., "type": ..., "exit_code": ...}`, and waits again. Between two steps it
+is blocked in recv(2), so /proc/PID shows exactly the state that the last step left.
+
+The child never returns into the caller's code: it either execs the container's command or exits.
+PR_SET_PDEATHSIG makes the kernel kill it if the controller dies first, so a crashed notebook or
+command leaves no half-built container running.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import traceback
+
+from .. import syscalls as sc
+from ..errors import ContainerError
+from . import channel
+from .spec import ContainerSpec
+from .steps import CHILD_STEPS
+
+
+def main(sock: socket.socket, spec: ContainerSpec, controller: int) -> None:
+    """Serve steps until exec succeeds or the controller goes away. Never returns."""
+    code = 1
+    try:
+        sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != controller:
+            os._exit(1)
+        while True:
+            message, _ = channel.receive(sock)
+            if message is None:
+                break
+            code = _serve(sock, spec, message["step"])
+    finally:
+        os._exit(code)
+
+
+def _serve(sock: socket.socket, spec: ContainerSpec, step: str) -> int:
+    try:
+        extra = CHILD_STEPS[step](spec, sock)
+    except ContainerError as e:
+        channel.send(sock, {"error": str(e), "type": type(e).__name__, "exit_code": e.exit_code})
+        return e.exit_code
+    except OSError as e:
+        channel.send(sock, {"error": str(e), "type": "OSError", "exit_code": 125})
+        return 125
+    except Exception:
+        channel.send(sock, {"error": traceback.format_exc(), "type": "bug", "exit_code": 125})
+        return 125
+    if extra is not None:
+        channel.send(sock, {"ok": True, **extra})
+    return 1

@@ -1,0 +1,121 @@
+"""Container records: what exists, under which name, in which state, with which exit code.
+
+Layout under the engine's root (by default /var/lib/mini-container):
+
+    containers/<id>/container.json   the record: id, name, image, command, status, pid, exit code
+    containers/<id>/upper/           the overlay's writable layer: everything the container changed
+    containers/<id>/work/            overlayfs's scratch directory
+    containers/<id>/rootfs/          the mount point of the overlay (mounted only inside the container)
+
+The root filesystem is mounted inside the container's own mount namespace, so when the container's
+last process exits, the kernel unmounts it: no host mount is left to clean up. A record is written
+atomically (a temporary file renamed into place), and names are checked under a lock (flock(2)), so
+two commands cannot take the same name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from ..errors import ContainerError, ContainerNotFoundError, InvalidArgumentError
+from ..image.store import Image
+from .spec import ContainerSpec, spec_from_image
+
+_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+
+
+class ContainerStore:
+    """The container records under one root directory."""
+
+    def __init__(self, root: str | Path):
+        self.dir = Path(root) / "containers"
+
+    @contextlib.contextmanager
+    def _locked(self):
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    def create(self, image: Image, command: list[str], *, name: str = "", **options) -> ContainerSpec:
+        """Reserve a name and a directory for a new container; return its spec (status: created)."""
+        container_id = os.urandom(32).hex()
+        name = name or container_id[:12]
+        if not set(name) <= _NAME_CHARS or name[0] in ".-":
+            raise InvalidArgumentError(f"invalid container name {name!r}: use letters, digits, '_', '.', '-'")
+        with self._locked():
+            if any(record["name"] == name for record in self.list()):
+                raise ContainerError(f"the container name {name!r} is already in use: "
+                                     f"remove it with 'minictl rm {name}' or choose another --name")
+            directory = self.dir / container_id
+            spec = spec_from_image(image, id=container_id, name=name, directory=directory,
+                                   command=command, **options)
+            directory.mkdir()
+            self._write(directory, {"id": container_id, "name": name, "image": image.reference,
+                                    "command": spec.command, "created": time.time(), "status": "created",
+                                    "pid": None, "exit_code": None})
+        return spec
+
+    def update(self, container_id: str, **fields) -> None:
+        """Change fields of a record (status, pid, exit_code)."""
+        directory = self.dir / container_id
+        record = json.loads((directory / "container.json").read_text())
+        record.update(fields)
+        self._write(directory, record)
+
+    def get(self, name_or_id: str) -> dict:
+        """The record whose name, id or id prefix (of at least 4 characters) is `name_or_id`."""
+        records = self.list()
+        for record in records:
+            if record["name"] == name_or_id or record["id"] == name_or_id:
+                return record
+        matches = [r for r in records if len(name_or_id) >= 4 and r["id"].startswith(name_or_id)]
+        if len(matches) == 1:
+            return matches[0]
+        raise ContainerNotFoundError(f"no such container: {name_or_id}")
+
+    def list(self) -> list[dict]:
+        """Every record, oldest first, with `status` corrected for containers whose process is gone."""
+        records = []
+        for path in self.dir.glob("*/container.json") if self.dir.is_dir() else []:
+            try:
+                record = json.loads(path.read_text())
+            except (FileNotFoundError, json.JSONDecodeError):
+                continue  # being created or removed right now
+            if record["status"] == "running" and not _alive(record["pid"]):
+                record["status"] = "exited"
+            records.append(record)
+        return sorted(records, key=lambda r: r["created"])
+
+    def remove(self, name_or_id: str, force: bool = False) -> dict:
+        """Delete a stopped container's record and directory (with `force`, kill it first)."""
+        record = self.get(name_or_id)
+        if record["status"] == "running":
+            if not force:
+                raise ContainerError(f"container {record['name']} is running: stop it first, or use rm -f")
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(record["pid"], 9)
+        shutil.rmtree(self.dir / record["id"], ignore_errors=True)
+        return record
+
+    @staticmethod
+    def _write(directory: Path, record: dict) -> None:
+        tmp = directory / "container.json.tmp"
+        tmp.write_text(json.dumps(record, indent=2))
+        os.replace(tmp, directory / "container.json")
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

@@ -1,0 +1,201 @@
+"""The recipe: a container built one kernel change at a time.
+
+Each `Step` names one change and the side that makes it. Child steps run inside the process that
+becomes the container (only a process can unshare its own namespaces or pivot its own root); parent
+steps (placing the child in a cgroup, writing its uid map) are done to it from outside. The same plan
+serves `minictl run` (no pauses), a notebook and the visualizer (a pause and a snapshot after each).
+
+The order matters, and each constraint is a lesson:
+- the host name is set after the UTS namespace exists, or it would rename the host;
+- mounts are made private right after the mount namespace exists, before anything is mounted;
+- the pid namespace applies to children only, so the child forks: its child is pid 1 inside, and
+  everything after that happens in it (the proc mount included, so /proc shows the new namespace);
+- /proc, /sys and /dev are mounted inside the new root before pivot_root, while both roots are visible;
+- execve comes last; everything before it must be done by the engine's own code.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import signal
+import socket
+import struct
+import termios
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .. import namespaces, rootfs
+from .. import syscalls as sc
+from ..errors import ContainerError, ExecutableNotFoundError
+from . import channel
+from .spec import ContainerSpec
+
+# ioctls for the pseudo-terminal master (<asm-generic/ioctls.h>)
+TIOCGPTN = 0x80045430  # read the pty number: /dev/pts/N
+TIOCSPTLCK = 0x40045431  # lock or unlock the slave side
+
+# Signals that Python itself ignores at start-up; an exec'd program must get them back at default.
+_PYTHON_IGNORED = ("SIGPIPE", "SIGXFSZ")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of the build: its name, a line saying what the kernel is asked, and where it runs."""
+
+    name: str
+    title: str
+    side: str = "child"
+
+
+_TITLES = {
+    "uts": "unshare(CLONE_NEWUTS): a host name and domain name of its own",
+    "ipc": "unshare(CLONE_NEWIPC): System V IPC objects and POSIX message queues of its own",
+    "net": "unshare(CLONE_NEWNET): a network stack of its own, holding only a loopback device",
+    "cgroup": "unshare(CLONE_NEWCGROUP): its own cgroup becomes the root it sees",
+    "mnt": "unshare(CLONE_NEWNS) and mount --make-rprivate /: a mount table of its own",
+    "pid": "unshare(CLONE_NEWPID) and fork(): the child is pid 1 of a new pid namespace",
+    "hostname": "sethostname(): rename the container's UTS namespace",
+    "rootfs": "mount -t overlay: the image's layers, read-only, under a writable upper directory",
+    "proc": "mount -t proc: a /proc that shows the container's own processes",
+    "sys": "mount -t sysfs (read-only): a /sys that shows the container's own network devices",
+    "dev": "mount -t tmpfs on /dev: device nodes, a devpts instance of its own, /dev/shm",
+    "pivot_root": "pivot_root(): the overlay becomes /, the host's root is unmounted",
+    "exec": "execve(): the container's command replaces the engine's code",
+}
+
+
+def plan(spec: ContainerSpec) -> list[Step]:
+    """The ordered steps that build `spec`'s container."""
+    names = [kind for kind in ("uts", "ipc", "net", "cgroup") if kind in spec.namespaces]
+    if "uts" in names:
+        names.insert(names.index("uts") + 1, "hostname")
+    if "mnt" in spec.namespaces:
+        names.append("mnt")
+    if "pid" in spec.namespaces:
+        names.append("pid")
+    names += ["rootfs", "proc", "sys", "dev", "pivot_root", "exec"]
+    return [Step(name, _TITLES[name]) for name in names]
+
+
+# --- the child's side of each step --------------------------------------------------------------
+# Each function does its step in the calling (child) process and returns the reply's extra fields.
+
+
+def _unshare(kind: str) -> Callable[[ContainerSpec, socket.socket], dict]:
+    def step(spec: ContainerSpec, sock: socket.socket) -> dict:
+        namespaces.unshare([kind])
+        return {}
+    return step
+
+
+def _hostname(spec: ContainerSpec, sock: socket.socket) -> dict:
+    sc.sethostname(spec.hostname)
+    return {}
+
+
+def _mnt(spec: ContainerSpec, sock: socket.socket) -> dict:
+    namespaces.unshare(["mnt"])
+    namespaces.make_mounts_private()
+    return {}
+
+
+def _pid(spec: ContainerSpec, sock: socket.socket) -> dict | None:
+    """Fork into the new pid namespace; the parent stays behind only to wait and pass on the exit code."""
+    namespaces.unshare(["pid"])
+    child = os.fork()
+    if child == 0:
+        # Die with the waiter. (getppid() returns 0 here: the parent is outside our pid namespace.)
+        sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+        return None  # the waiter answers for this step: only it knows the child's host pid
+    channel.send(sock, {"ok": True, "pid": child})
+    sock.close()
+    for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT"):  # the controller forwards them to pid 1
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
+    _, status = os.waitpid(child, 0)
+    code = os.waitstatus_to_exitcode(status)
+    os._exit(code if code >= 0 else 128 - code)  # killed by signal N: 128+N, as shells report it
+
+
+def _rootfs(spec: ContainerSpec, sock: socket.socket) -> dict:
+    for path in (spec.upper, spec.work, spec.rootfs):
+        path.mkdir(parents=True, exist_ok=True)
+    rootfs.mount_overlay(spec.lowers, spec.upper, spec.work, spec.rootfs)
+    return {}
+
+
+def _proc(spec: ContainerSpec, sock: socket.socket) -> dict:
+    rootfs.mount_proc(spec.rootfs)
+    return {}
+
+
+def _sys(spec: ContainerSpec, sock: socket.socket) -> dict:
+    rootfs.mount_sys(spec.rootfs)
+    return {}
+
+
+def _dev(spec: ContainerSpec, sock: socket.socket) -> dict:
+    rootfs.mount_dev(spec.rootfs)
+    return {}
+
+
+def _pivot_root(spec: ContainerSpec, sock: socket.socket) -> dict:
+    rootfs.pivot_root(spec.rootfs)
+    return {}
+
+
+def _open_terminal() -> tuple[int, int]:
+    """Open a pseudo-terminal pair on the container's own devpts (what posix_openpt+unlockpt do)."""
+    master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))
+    number = struct.unpack("I", fcntl.ioctl(master, TIOCGPTN, b"\0" * 4))[0]
+    slave = os.open(f"/dev/pts/{number}", os.O_RDWR | os.O_NOCTTY)
+    return master, slave
+
+
+def _exec(spec: ContainerSpec, sock: socket.socket) -> dict:
+    """Set up stdio, then execve. On success nothing returns: the controller reads end-of-file."""
+    if spec.tty:
+        master, slave = _open_terminal()
+        os.setsid()  # a new session, so that the terminal can become its controlling terminal
+        fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+        channel.send(sock, {"terminal": True}, [master])
+        os.close(master)
+        for fd in (0, 1, 2):
+            os.dup2(slave, fd)
+        os.close(slave)
+    else:
+        if not spec.interactive:
+            null = os.open("/dev/null", os.O_RDONLY)
+            os.dup2(null, 0)
+            os.close(null)
+        if spec.stdout is not None:
+            os.dup2(spec.stdout, 1)
+            os.dup2(spec.stdout, 2)
+    try:
+        os.chdir(spec.cwd)
+    except OSError as e:
+        raise ContainerError(f"working directory {spec.cwd!r} in image {spec.image}: {e.strerror}") from None
+    for name in _PYTHON_IGNORED:
+        signal.signal(getattr(signal, name), signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    os.closerange(3, sock.fileno())  # no descriptor of the engine may leak into the container
+    os.closerange(sock.fileno() + 1, os.sysconf("SC_OPEN_MAX"))
+    try:
+        os.execvpe(spec.command[0], spec.command, spec.env)
+    except FileNotFoundError:
+        raise ExecutableNotFoundError(f"executable {spec.command[0]!r} not found in image {spec.image} "
+                                      f"(PATH={spec.env.get('PATH', '')})") from None
+    except PermissionError:
+        error = ExecutableNotFoundError(f"cannot execute {spec.command[0]!r} in image {spec.image}: "
+                                        f"{os.strerror(errno.EACCES)}")
+        error.exit_code = 126
+        raise error from None
+
+
+CHILD_STEPS: dict[str, Callable[[ContainerSpec, socket.socket], dict | None]] = {
+    "uts": _unshare("uts"), "ipc": _unshare("ipc"), "net": _unshare("net"), "cgroup": _unshare("cgroup"),
+    "hostname": _hostname, "mnt": _mnt, "pid": _pid, "rootfs": _rootfs, "proc": _proc, "sys": _sys,
+    "dev": _dev, "pivot_root": _pivot_root, "exec": _exec,
+}
