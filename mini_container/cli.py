@@ -5,6 +5,7 @@
     minictl run [-it] [--rm] IMAGE [CMD...]   run a container in the foreground
     minictl ps [-a]                           list containers
     minictl rm [-f] NAME...                   remove containers
+    minictl ns PID|NAME [KIND...]             namespaces of a process or container next to the host's
 
 A mistake a user can make ends with one line on stderr and a non-zero exit code, never a traceback.
 The engine's data lives under --root (or $MINI_CONTAINER_ROOT), by default /var/lib/mini-container.
@@ -17,6 +18,7 @@ import os
 import sys
 import time
 
+from . import namespaces
 from .errors import ContainerError, NotRootError
 from .image.bootstrap import bootstrap_busybox
 from .image.store import ImageStore
@@ -74,6 +76,11 @@ def _parser() -> argparse.ArgumentParser:
     rm.add_argument("-f", "--force", action="store_true", help="kill a running container first")
     rm.add_argument("containers", nargs="+", metavar="NAME")
     rm.set_defaults(handler=_rm)
+
+    ns = commands.add_parser("ns", help="show a process's namespaces next to the host's")
+    ns.add_argument("target", metavar="PID|NAME", help="a process id, or a running container's name or id")
+    ns.add_argument("kinds", nargs="*", metavar="KIND", help="pid, net, mnt, uts, ipc, user, cgroup, time")
+    ns.set_defaults(handler=_ns)
     return parser
 
 
@@ -121,6 +128,18 @@ def _rm(args) -> int:
             print(f"minictl: {e}", file=sys.stderr)
             failed = 1
     return failed
+
+
+def _ns(args) -> None:
+    kinds = namespaces.parse_kinds(args.kinds or namespaces.KINDS)
+    pid = int(args.target) if args.target.isdigit() else ContainerStore(args.root).get(args.target)["pid"]
+    if not pid or not os.path.exists(f"/proc/{pid}"):
+        raise ContainerError(f"no running process for {args.target}")
+    compared = namespaces.compare_with_host(pid)
+    print(f"{'KIND':<8} {'INODE':>12} {'HOST':>12}  ISOLATED")
+    for kind in kinds:
+        c = compared[kind]
+        print(f"{kind:<8} {c.inode:>12} {c.host_inode:>12}  {'no' if c.shared else 'yes'}")
 
 
 if __name__ == "__main__":

@@ -198,3 +198,25 @@ def test_non_root_gets_one_line(engine_root):
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) != 0
     assert stderr.count("\n") == 1 and "needs root" in stderr
+
+
+def test_ns_shows_a_running_containers_namespaces(engine_root):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen([sys.executable, "-m", "mini_container.cli", "--root", str(engine_root),
+                                "run", "--rm", "--name", "watched", "busybox", "sleep", "100"], env=env)
+    try:
+        deadline = time.monotonic() + 20
+        while "watched" not in minictl(engine_root, "ps").stdout:
+            assert time.monotonic() < deadline and process.poll() is None
+        rows = minictl(engine_root, "ns", "watched", "uts", "user").stdout.splitlines()[1:]
+        assert [(row.split()[0], row.split()[-1]) for row in rows] == [("uts", "yes"), ("user", "no")]
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=20)
+
+
+def test_ns_rejects_an_unknown_kind_in_one_line(engine_root):
+    result = minictl(engine_root, "ns", str(os.getpid()), "mount")
+    assert result.returncode == 125
+    assert result.stderr.count("\n") == 1 and "unknown namespace kind 'mount'" in result.stderr
