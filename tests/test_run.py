@@ -211,9 +211,8 @@ def test_ns_shows_a_running_containers_namespaces(engine_root):
         rows = minictl(engine_root, "ns", "watched", "uts", "user").stdout.splitlines()[1:]
         assert [(row.split()[0], row.split()[-1]) for row in rows] == [("uts", "yes"), ("user", "no")]
     finally:
-        process.send_signal(signal.SIGINT)
-        process.send_signal(signal.SIGINT)
-        process.wait(timeout=20)
+        assert minictl(engine_root, "rm", "-f", "watched").returncode == 0
+        assert process.wait(timeout=20) == 128 + signal.SIGKILL
 
 
 def test_ns_rejects_an_unknown_kind_in_one_line(engine_root):

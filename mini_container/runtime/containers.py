@@ -65,7 +65,10 @@ class ContainerStore:
     def update(self, container_id: str, **fields) -> None:
         """Change fields of a record (status, pid, exit_code)."""
         directory = self.dir / container_id
-        record = json.loads((directory / "container.json").read_text())
+        try:
+            record = json.loads((directory / "container.json").read_text())
+        except FileNotFoundError:
+            raise ContainerNotFoundError(f"no such container: {container_id}") from None
         record.update(fields)
         self._write(directory, record)
 

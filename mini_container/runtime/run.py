@@ -27,7 +27,7 @@ import termios
 import threading
 import tty
 
-from ..errors import ContainerError
+from ..errors import ContainerError, ContainerNotFoundError
 from ..stepper import Stepper
 from .containers import ContainerStore
 from .spec import ContainerSpec
@@ -52,10 +52,11 @@ def run(store: ContainerStore, spec: ContainerSpec, remove: bool = False) -> int
         raise
     finally:
         build.close()
-        if remove:
-            store.remove(spec.id, force=True)
-        else:
-            store.update(spec.id, status="exited", pid=None, exit_code=code)
+        with contextlib.suppress(ContainerNotFoundError):  # `minictl rm -f` may have come first
+            if remove:
+                store.remove(spec.id, force=True)
+            else:
+                store.update(spec.id, status="exited", pid=None, exit_code=code)
     return code
 
 

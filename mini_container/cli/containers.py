@@ -1,15 +1,4 @@
-"""minictl: a docker-like command line over the engine.
-
-    minictl bootstrap busybox                 build the default image offline
-    minictl images                            list images
-    minictl run [-it] [--rm] IMAGE [CMD...]   run a container in the foreground
-    minictl ps [-a]                           list containers
-    minictl rm [-f] NAME...                   remove containers
-    minictl ns PID|NAME [KIND...]             namespaces of a process or container next to the host's
-
-A mistake a user can make ends with one line on stderr and a non-zero exit code, never a traceback.
-The engine's data lives under --root (or $MINI_CONTAINER_ROOT), by default /var/lib/mini-container.
-"""
+"""Container commands: run, ps, rm, ns."""
 
 from __future__ import annotations
 
@@ -18,44 +7,15 @@ import os
 import sys
 import time
 
-from . import namespaces
-from .errors import ContainerError, NotRootError
-from .image.bootstrap import bootstrap_busybox
-from .image.store import ImageStore
-from .locations import engine_root
-from .runtime.containers import ContainerStore
-from .runtime.run import run
-
-BOOTSTRAPS = {"busybox": bootstrap_busybox}
+from .. import namespaces
+from ..errors import ContainerError
+from ..image.store import ImageStore
+from ..runtime.containers import ContainerStore
+from ..runtime.run import run
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        if os.geteuid() != 0:
-            raise NotRootError("minictl needs root (try: sudo minictl ...); "
-                               "rootless containers are not supported yet")
-        return args.handler(args) or 0
-    except ContainerError as e:
-        print(f"minictl: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        return 130
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="minictl", description="A container engine built to be watched.")
-    parser.add_argument("--root", default=str(engine_root()),
-                        help="where images and containers are kept (default: %(default)s)")
-    commands = parser.add_subparsers(required=True, metavar="COMMAND")
-
-    bootstrap = commands.add_parser("bootstrap", help="build a default image offline from host packages")
-    bootstrap.add_argument("image", choices=sorted(BOOTSTRAPS))
-    bootstrap.set_defaults(handler=_bootstrap)
-
-    images = commands.add_parser("images", help="list images")
-    images.set_defaults(handler=_images)
-
+def register(commands) -> None:
+    """Add the container commands to minictl's subcommands."""
     runner = commands.add_parser("run", help="run a command in a new container")
     runner.add_argument("-i", "--interactive", action="store_true", help="keep stdin attached")
     runner.add_argument("-t", "--tty", action="store_true", help="give the container a terminal")
@@ -81,18 +41,6 @@ def _parser() -> argparse.ArgumentParser:
     ns.add_argument("target", metavar="PID|NAME", help="a process id, or a running container's name or id")
     ns.add_argument("kinds", nargs="*", metavar="KIND", help="pid, net, mnt, uts, ipc, user, cgroup, time")
     ns.set_defaults(handler=_ns)
-    return parser
-
-
-def _bootstrap(args) -> None:
-    image = BOOTSTRAPS[args.image](ImageStore(args.root))
-    print(f"built {image.reference}: {len(image.layers)} layer(s) in {args.root}")
-
-
-def _images(args) -> None:
-    print(f"{'IMAGE':<30} {'LAYERS':>6}  COMMAND")
-    for image in ImageStore(args.root).list():
-        print(f"{image.reference:<30} {len(image.layers):>6}  {' '.join(image.config.get('Cmd') or [])}")
 
 
 def _run(args) -> int:
@@ -140,7 +88,3 @@ def _ns(args) -> None:
     for kind in kinds:
         c = compared[kind]
         print(f"{kind:<8} {c.inode:>12} {c.host_inode:>12}  {'no' if c.shared else 'yes'}")
-
-
-if __name__ == "__main__":
-    sys.exit(main())
