@@ -119,9 +119,23 @@ def read_uname(pid: int) -> dict[str, str]:
 
 
 def read_namespaces(pid: int) -> dict[str, int]:
-    """{kind: inode} for every namespace kind this kernel has (our own /proc/self/ns lists them)."""
+    """{kind: inode} for every namespace kind this kernel has (our own /proc/self/ns lists them).
+
+    A process that has unshared pid or time but not yet forked has a `pid_for_children` (or
+    `time_for_children`) link that cannot be read (ENOENT) until its first child exists: it is
+    left out here, which is exactly what that trap looks like.
+    """
     present = set(os.listdir("/proc/self/ns"))
-    return {kind: _ns_inode(pid, kind) for kind in NAMESPACE_KINDS if kind in present}
+    found = {}
+    for kind in NAMESPACE_KINDS:
+        if kind not in present:
+            continue
+        try:
+            found[kind] = _ns_inode(pid, kind)
+        except FileNotFoundError:
+            if not kind.endswith("_for_children") or not os.path.exists(_proc(pid, "ns")):
+                raise
+    return found
 
 
 def read_host_namespaces() -> dict[str, int]:

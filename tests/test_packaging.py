@@ -23,7 +23,7 @@ def _pyproject() -> dict[str, str]:
 
 def _environment() -> dict[str, str]:
     entries = re.findall(r"^\s*-\s*(\S+)\s*$", (ROOT / "environment.yml").read_text(), re.MULTILINE)
-    parsed = dict(_parse(e) for e in entries if not e.startswith(("conda-forge", "defaults")))
+    parsed = dict(_parse(e) for e in entries if not e.endswith(":") and e not in ("conda-forge", "defaults"))
     parsed.pop("python", None)
     parsed.pop("pip", None)
     return parsed
