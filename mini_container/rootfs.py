@@ -64,6 +64,27 @@ def mount_sys(root: str | Path) -> None:
     sc.mount("sysfs", f"{root}/sys", "sysfs", sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
 
 
+def mount_cgroups(root: str | Path, hierarchies: list[tuple[str, str, str | None]]) -> None:
+    """The cgroup filesystems at ROOT/sys/fs/cgroup, read-only.
+
+    `hierarchies` lists (subdirectory, fstype, options): [("", "cgroup2", None)] on a pure v2 host
+    (one tree, mounted right there), or one entry per v1 tree ("memory", "cgroup", "memory") plus
+    ("unified", "cgroup2", None) on a hybrid host, under a small tmpfs. Mounted by a process inside a
+    cgroup namespace, each shows only that namespace's root, i.e. the container's own cgroup.
+    """
+    target = Path(root) / "sys/fs/cgroup"
+    flags = sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
+    if [h[0] for h in hierarchies] == [""]:
+        _, fstype, options = hierarchies[0]
+        sc.mount(fstype, str(target), fstype, flags, options)
+        return
+    sc.mount("tmpfs", str(target), "tmpfs", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC, "mode=755")
+    for name, fstype, options in hierarchies:
+        (target / name).mkdir()
+        sc.mount(fstype, str(target / name), fstype, flags, options)
+    sc.mount("tmpfs", str(target), "tmpfs", sc.MS_REMOUNT | flags, "mode=755")
+
+
 def mount_dev(root: str | Path) -> None:
     """A tmpfs at ROOT/dev with the standard device nodes, a private devpts, /dev/shm and stdio links."""
     dev = Path(root) / "dev"

@@ -23,10 +23,11 @@ import signal
 from dataclasses import dataclass, field
 
 from . import observe as observe_
+from .cgroups import Cgroup
 from .errors import ContainerError, ExecutableNotFoundError
 from .runtime import channel, child
 from .runtime.spec import ContainerSpec
-from .runtime.steps import Step, plan
+from .runtime.steps import PARENT_STEPS, Step, plan
 
 
 @dataclass
@@ -56,6 +57,7 @@ class Stepper:
         self.waitable: int | None = None  # our own child: the one we wait for
         self.terminal: int | None = None  # the master side of the container's terminal, with tty
         self.snapshot: dict | None = None
+        self.cgroup: Cgroup | None = None  # made by the cgroup step, destroyed by close()
         self.exit_code: int | None = None
         self._sock = None
 
@@ -90,7 +92,10 @@ class Stepper:
             raise ContainerError(f"container {self.spec.name}: every step is done")
         step = self.plan[self.position]
         self.position += 1
-        self._ask(step)
+        if step.side == "parent":
+            self._do(step)
+        else:
+            self._ask(step)
         result = StepResult(step.name, step.title, self.pid)
         if self.observe:
             after = self._snapshot_after(step)
@@ -125,6 +130,11 @@ class Stepper:
             raise error
         self.pid = reply.get("pid", self.pid)
 
+    def _do(self, step: Step) -> None:
+        kept = PARENT_STEPS[step.name](self.spec, self.pid)
+        if step.name == "cgroup":
+            self.cgroup = kept
+
     def _snapshot_after(self, step: Step) -> dict:
         try:
             return observe_.snapshot(self.pid)
@@ -152,10 +162,14 @@ class Stepper:
                 pass
 
     def close(self) -> None:
-        """Kill what is still running and reap it. The container's directory is its owner's to remove."""
+        """Kill what is still running, reap it, remove its cgroup. The directory is its owner's to remove."""
         if self.waitable is not None and self.exit_code is None:
             self.kill()  # pid 1 first: its waiter then reaps it and exits by itself
             self.wait()
+        if self.cgroup is not None:
+            self.cgroup.kill()  # what pid 1 left: its namespace is gone, but a setns'd exec may linger
+            self.cgroup.destroy()
+            self.cgroup = None
         self._close_channel()
         if self.terminal is not None:
             os.close(self.terminal)

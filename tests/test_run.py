@@ -114,7 +114,7 @@ def test_name_ps_and_rm(engine_root):
     taken = minictl(engine_root, "run", "--name", "kept", "busybox", "true")
     assert taken.returncode == 125 and "already in use" in taken.stderr
     listing = minictl(engine_root, "ps", "-a").stdout
-    assert "kept" in listing and "exited (4)" in listing
+    assert "kept" in listing and "Exited (4)" in listing
     assert "kept" not in minictl(engine_root, "ps").stdout
     assert minictl(engine_root, "rm", "kept").returncode == 0
     assert "kept" not in minictl(engine_root, "ps", "-a").stdout

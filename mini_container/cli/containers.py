@@ -1,22 +1,27 @@
-"""Container commands: run, ps, rm, ns."""
+"""Container commands: run, ps, stop, kill, rm, logs, stats, ns."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
 import time
 
 from .. import namespaces
-from ..errors import ContainerError
+from ..errors import ContainerError, InvalidArgumentError
 from ..image.store import ImageStore
 from ..runtime.containers import ContainerStore
 from ..runtime.run import run
+from . import flags, stats
+from .table import print_table
 
 
 def register(commands) -> None:
     """Add the container commands to minictl's subcommands."""
     runner = commands.add_parser("run", help="run a command in a new container")
+    runner.add_argument("-d", "--detach", action="store_true", help="run in the background, print the id")
     runner.add_argument("-i", "--interactive", action="store_true", help="keep stdin attached")
     runner.add_argument("-t", "--tty", action="store_true", help="give the container a terminal")
     runner.add_argument("--rm", action="store_true", help="remove the container when it exits")
@@ -24,13 +29,36 @@ def register(commands) -> None:
     runner.add_argument("--hostname", default="", help="the container's host name (default: its short id)")
     runner.add_argument("-e", "--env", action="append", default=[], metavar="KEY[=VALUE]",
                         help="set an environment variable")
+    flags.add_limit_flags(runner)
     runner.add_argument("image")
     runner.add_argument("command", nargs=argparse.REMAINDER, help="the command (default: the image's)")
     runner.set_defaults(handler=_run)
 
     ps = commands.add_parser("ps", help="list containers")
     ps.add_argument("-a", "--all", action="store_true", help="also the ones that exited")
+    ps.add_argument("-q", "--quiet", action="store_true", help="only the ids")
     ps.set_defaults(handler=_ps)
+
+    stop = commands.add_parser("stop", help="stop containers: SIGTERM, then SIGKILL after a timeout")
+    stop.add_argument("-t", "--time", type=float, default=10, help="seconds to wait before SIGKILL")
+    stop.add_argument("containers", nargs="+", metavar="NAME")
+    stop.set_defaults(handler=_stop)
+
+    kill = commands.add_parser("kill", help="send a signal to containers' pid 1")
+    kill.add_argument("-s", "--signal", default="KILL", help="a signal name or number (default KILL)")
+    kill.add_argument("containers", nargs="+", metavar="NAME")
+    kill.set_defaults(handler=_kill)
+
+    logs = commands.add_parser("logs", help="what a detached container wrote")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing until the container exits")
+    logs.add_argument("container", metavar="NAME")
+    logs.set_defaults(handler=_logs)
+
+    stats = commands.add_parser("stats", help="live CPU, memory, network, block I/O and pids use")
+    stats.add_argument("--no-stream", action="store_true", help="print one reading and exit")
+    stats.add_argument("--format", choices=["table", "json"], default="table")
+    stats.add_argument("containers", nargs="*", metavar="NAME", help="(default: every running one)")
+    stats.set_defaults(handler=_stats)
 
     rm = commands.add_parser("rm", help="remove containers")
     rm.add_argument("-f", "--force", action="store_true", help="kill a running container first")
@@ -45,37 +73,105 @@ def register(commands) -> None:
 
 def _run(args) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    limits = flags.limits_from_flags(args)  # bad flags are refused before anything is created
     image = ImageStore(args.root).get(args.image)
     containers = ContainerStore(args.root)
     spec = containers.create(image, command, name=args.name, env=args.env, hostname=args.hostname,
-                             tty=args.tty, interactive=args.interactive)
-    return run(containers, spec, remove=args.rm)
+                             tty=args.tty, interactive=args.interactive, limits=limits)
+    try:
+        code = run(containers, spec, remove=args.rm, detach=args.detach)
+    except ContainerError:
+        with contextlib.suppress(ContainerError):  # it never ran: leave nothing behind
+            containers.remove(spec.id, force=True)
+        raise
+    if args.detach:
+        print(spec.id)
+    return code
 
 
 def _ps(args) -> None:
-    print(f"{'CONTAINER ID':<13} {'IMAGE':<20} {'COMMAND':<24} {'CREATED':<16} {'STATUS':<16} NAME")
-    for record in ContainerStore(args.root).list():
-        if record["status"] != "running" and not args.all:
-            continue
-        status = record["status"]
-        if status == "exited" and record["exit_code"] is not None:
-            status = f"exited ({record['exit_code']})"
-        created = time.strftime("%Y-%m-%d %H:%M", time.localtime(record["created"]))
-        command = " ".join(record["command"])[:24]
-        print(f"{record['id'][:12]:<13} {record['image']:<20} {command:<24} {created:<16} {status:<16} "
-              f"{record['name']}")
+    records = [r for r in ContainerStore(args.root).list() if args.all or r["status"] == "running"]
+    if args.quiet:
+        for record in records:
+            print(record["id"][:12])
+        return
+    now, rows = time.time(), []
+    for record in records:
+        if record["status"] == "running":
+            status = f"Up {_duration(now - (record['started'] or now))}"
+        elif record["status"] == "exited":
+            code = "?" if record["exit_code"] is None else record["exit_code"]
+            status = f"Exited ({code}) {_duration(now - (record['finished'] or now))} ago"
+        else:
+            status = "Created"
+        command = " ".join(record["command"])
+        command = '"' + (command if len(command) <= 20 else command[:19] + "…") + '"'
+        rows.append([record["id"][:12], record["image"], command, f"{_duration(now - record['created'])} ago",
+                     status, record["name"]])
+    print_table(["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES"], rows)
 
 
-def _rm(args) -> int:
+def _duration(seconds: float) -> str:
+    """docker's rounding: 'Less than a second', '5 seconds', '3 minutes', '2 hours', '4 days'."""
+    if seconds < 1:
+        return "Less than a second"
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            count = int(seconds // size)
+            return f"{count} {unit}{'s' if count > 1 else ''}"
+    return f"{int(seconds)} second{'s' if int(seconds) > 1 else ''}"
+
+
+def _each(args, action) -> int:
+    """Apply `action` to each named container; report failures one line each, docker-style."""
     failed = 0
     for name in args.containers:
         try:
-            ContainerStore(args.root).remove(name, force=args.force)
+            action(ContainerStore(args.root), name)
             print(name)
         except ContainerError as e:
             print(f"minictl: {e}", file=sys.stderr)
             failed = 1
     return failed
+
+
+def _stop(args) -> int:
+    return _each(args, lambda store, name: store.stop(name, timeout=args.time))
+
+
+def _kill(args) -> int:
+    text = args.signal.upper().removeprefix("SIG")
+    try:
+        signum = int(text) if text.isdigit() else signal.Signals[f"SIG{text}"]
+    except KeyError:
+        raise InvalidArgumentError(f"invalid signal {args.signal!r}: use a name (TERM) or a number") from None
+    return _each(args, lambda store, name: store.kill(name, signum))
+
+
+def _logs(args) -> None:
+    store = ContainerStore(args.root)
+    record = store.get(args.container)
+    with open(store.log_path(record["id"]), "rb") as log:
+        while True:
+            chunk = log.read(65536)
+            if chunk:
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.buffer.flush()
+            elif not args.follow:
+                return
+            elif store.get(record["id"])["status"] != "running":
+                sys.stdout.buffer.write(log.read())  # what it wrote while it exited
+                return
+            else:
+                time.sleep(0.1)
+
+
+def _stats(args) -> None:
+    stats.show(ContainerStore(args.root), args.containers, stream=not args.no_stream, fmt=args.format)
+
+
+def _rm(args) -> int:
+    return _each(args, lambda store, name: store.remove(name, force=args.force))
 
 
 def _ns(args) -> None:

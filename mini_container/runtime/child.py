@@ -20,7 +20,7 @@ from .. import syscalls as sc
 from ..errors import ContainerError
 from . import channel
 from .spec import ContainerSpec
-from .steps import CHILD_STEPS
+from .steps import CHILD_STEPS, close_descriptors_except
 
 
 def main(sock: socket.socket, spec: ContainerSpec, controller: int) -> None:
@@ -30,6 +30,7 @@ def main(sock: socket.socket, spec: ContainerSpec, controller: int) -> None:
         sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != controller:
             os._exit(1)
+        close_descriptors_except({0, 1, 2, sock.fileno(), spec.stdout})
         while True:
             message, _ = channel.receive(sock)
             if message is None:

@@ -2,7 +2,8 @@
 
 Layout under the engine's root (by default /var/lib/mini-container):
 
-    containers/<id>/container.json   the record: id, name, image, command, status, pid, exit code
+    containers/<id>/container.json   the record: id, name, image, command, status, pid, exit code, cgroup
+    containers/<id>/container.log    what a detached container wrote to stdout and stderr
     containers/<id>/upper/           the overlay's writable layer: everything the container changed
     containers/<id>/work/            overlayfs's scratch directory
     containers/<id>/rootfs/          the mount point of the overlay (mounted only inside the container)
@@ -19,10 +20,13 @@ import contextlib
 import fcntl
 import json
 import os
+import select
 import shutil
+import signal
 import time
 from pathlib import Path
 
+from .. import cgroups, syscalls
 from ..errors import ContainerError, ContainerNotFoundError, InvalidArgumentError
 from ..image.store import Image
 from .spec import ContainerSpec, spec_from_image
@@ -59,7 +63,8 @@ class ContainerStore:
             directory.mkdir()
             self._write(directory, {"id": container_id, "name": name, "image": image.reference,
                                     "command": spec.command, "created": time.time(), "status": "created",
-                                    "pid": None, "exit_code": None})
+                                    "pid": None, "exit_code": None, "started": None, "finished": None,
+                                    "cgroup": None, "monitor": None})
         return spec
 
     def update(self, container_id: str, **fields) -> None:
@@ -103,15 +108,81 @@ class ContainerStore:
             if not force:
                 raise ContainerError(f"container {record['name']} is running: stop it first, or use rm -f")
             with contextlib.suppress(ProcessLookupError):
-                os.kill(record["pid"], 9)
+                os.kill(record["pid"], signal.SIGKILL)
+            # the process that started it records the exit and removes the cgroup: let it finish
+            wait_for_exit(record.get("monitor"), timeout=10)
         shutil.rmtree(self.dir / record["id"], ignore_errors=True)
         return record
+
+    def stop(self, name_or_id: str, timeout: float = 10) -> dict:
+        """SIGTERM to the container's pid 1, SIGKILL after `timeout` seconds; wait for the exit record.
+
+        pid 1 of a namespace gets SIGTERM only if it installed a handler (a shell or `sleep` has none),
+        which is why the SIGKILL fallback is not a formality.
+        """
+        record = self.get(name_or_id)
+        if record["status"] == "running":
+            self.kill(record["id"], signal.SIGTERM)
+            if not wait_for_exit(record["pid"], timeout):
+                self.kill(record["id"], signal.SIGKILL)
+                wait_for_exit(record["pid"], 10)
+            wait_for_exit(record.get("monitor"), 10)
+        return self.get(record["id"])
+
+    def kill(self, name_or_id: str, signum: int = signal.SIGKILL) -> dict:
+        """Send `signum` to a running container's pid 1."""
+        record = self.get(name_or_id)
+        if record["status"] != "running":
+            raise ContainerError(f"container {record['name']} is not running")
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(record["pid"], signum)
+        return record
+
+    def cgroup(self, name_or_id: str) -> cgroups.Cgroup:
+        """The cgroup of a running container, as recorded when it started."""
+        record = self.get(name_or_id)
+        if record["status"] != "running" or not record.get("cgroup"):
+            raise ContainerError(f"container {record['name']} is not running")
+        backend = cgroups.backend_for(cgroups.detect())
+        return backend(record["id"], {key: Path(path) for key, path in record["cgroup"].items()})
+
+    def log_path(self, container_id: str) -> Path:
+        return self.dir / container_id / "container.log"
 
     @staticmethod
     def _write(directory: Path, record: dict) -> None:
         tmp = directory / "container.json.tmp"
-        tmp.write_text(json.dumps(record, indent=2))
+        try:
+            tmp.write_text(json.dumps(record, indent=2))
+        except FileNotFoundError:
+            raise ContainerNotFoundError(f"no such container: {record['id']} (removed)") from None
         os.replace(tmp, directory / "container.json")
+
+
+def wait_for_exit(pid: int | None, timeout: float) -> bool:
+    """Wait until process `pid` (not necessarily our child) has exited; False on timeout.
+
+    A pidfd (pidfd_open(2)) becomes readable when its process exits: poll(2) on it waits without
+    racing against pid reuse, which polling /proc/PID could not promise.
+    """
+    if not _alive(pid):
+        return True
+    try:
+        pidfd = syscalls.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        deadline = time.monotonic() + timeout
+        while _alive(pid):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            poller.poll(min(left, 0.1) * 1000)  # a zombie counts as exited; poll does not see that
+        return True
+    finally:
+        os.close(pidfd)
 
 
 def _alive(pid: int | None) -> bool:
@@ -120,5 +191,5 @@ def _alive(pid: int | None) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone before, or while, it was read
         return False

@@ -19,15 +19,18 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import os
 import select
 import signal
 import sys
 import termios
 import threading
+import time
 import tty
+from pathlib import Path
 
-from ..errors import ContainerError, ContainerNotFoundError
+from ..errors import ContainerError, ContainerNotFoundError, InvalidArgumentError
 from ..stepper import Stepper
 from .containers import ContainerStore
 from .spec import ContainerSpec
@@ -35,15 +38,25 @@ from .spec import ContainerSpec
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
 
-def run(store: ContainerStore, spec: ContainerSpec, remove: bool = False) -> int:
-    """Create, start and wait for a container in the foreground; return its exit code."""
+def run(store: ContainerStore, spec: ContainerSpec, remove: bool = False, detach: bool = False) -> int:
+    """Create and start a container; in the foreground, wait for it and return its exit code."""
+    if detach:
+        return _run_detached(store, spec, remove)
+    return _supervise(store, spec, remove, foreground=True)
+
+
+def _supervise(store: ContainerStore, spec: ContainerSpec, remove: bool, foreground: bool,
+               on_running=lambda: None) -> int:
+    """Build the container, record it as running, wait for it, record how it ended, clean up."""
     build = Stepper(spec, observe=False)
     code = None
     try:
-        with _forwarding_signals(build):
+        with _forwarding_signals(build) if foreground else contextlib.nullcontext():
             build.start()
             build.run_all()
-            store.update(spec.id, status="running", pid=build.pid)
+            store.update(spec.id, status="running", pid=build.pid, monitor=os.getpid(), started=time.time(),
+                         cgroup=build.cgroup.paths())
+            on_running()
             if build.terminal is not None:
                 _relay_terminal(build.terminal)
             code = build.wait()
@@ -56,8 +69,52 @@ def run(store: ContainerStore, spec: ContainerSpec, remove: bool = False) -> int
             if remove:
                 store.remove(spec.id, force=True)
             else:
-                store.update(spec.id, status="exited", pid=None, exit_code=code)
+                store.update(spec.id, status="exited", pid=None, exit_code=code, finished=time.time())
     return code
+
+
+def _run_detached(store: ContainerStore, spec: ContainerSpec, remove: bool) -> int:
+    """Fork a monitor that owns the container (like containerd's shim); return once it runs.
+
+    The monitor starts a new session (setsid), so it has no terminal and outlives this command; its
+    stdio goes to /dev/null and the container's output to its log file. It waits for the container,
+    records its exit code and removes its cgroup. A pipe tells this command when the container runs,
+    or why it could not start.
+    """
+    if spec.tty or spec.interactive:
+        raise InvalidArgumentError("-d cannot be combined with -i or -t yet (attach comes later)")
+    ready_read, ready_write = os.pipe()
+    if os.fork() == 0:
+        try:
+            os.close(ready_read)
+            _become_monitor(spec, store.log_path(spec.id))
+            report = os.fdopen(ready_write, "w")
+            try:
+                _supervise(store, spec, remove, foreground=False, on_running=report.close)
+            except ContainerError as e:
+                if not report.closed:
+                    report.write(json.dumps({"error": str(e), "exit_code": e.exit_code}))
+        finally:
+            os._exit(0)
+    os.close(ready_write)
+    with os.fdopen(ready_read) as report:
+        failure = report.read()
+    if failure:
+        error = ContainerError(json.loads(failure)["error"])
+        error.exit_code = json.loads(failure)["exit_code"]
+        raise error
+    return 0
+
+
+def _become_monitor(spec: ContainerSpec, log: Path) -> None:
+    os.setsid()
+    null = os.open("/dev/null", os.O_RDWR)
+    output = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    os.dup2(output, 2)  # the engine's own complaints, if any, land in the log too
+    os.close(null)
+    spec.stdout = output
 
 
 @contextlib.contextmanager

@@ -11,11 +11,12 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..cgroups import Limits
 from ..errors import InvalidArgumentError
 from ..image.store import Image
 
-# Docker's default set for `docker run`; user and cgroup namespaces come with later stages.
-DEFAULT_NAMESPACES = ["uts", "ipc", "net", "mnt", "pid"]
+# Docker's default set for `docker run` on a cgroup v2 host; the user namespace comes with rootless.
+DEFAULT_NAMESPACES = ["uts", "ipc", "net", "cgroup", "mnt", "pid"]
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -36,6 +37,7 @@ class ContainerSpec:
     tty: bool = False  # a pseudo-terminal from the container's own devpts, its master sent to the caller
     interactive: bool = False  # keep stdin attached (else the process reads /dev/null)
     stdout: int | None = None  # a file descriptor for the process's stdout and stderr; None: inherit
+    limits: Limits = field(default_factory=Limits)  # the cgroup's limits (none: accounted, not limited)
     exit_code: int | None = field(default=None, init=False)
 
     @property
@@ -67,7 +69,7 @@ def parse_env(pairs: list[str], base: dict[str, str] | None = None) -> dict[str,
 
 def spec_from_image(image: Image, *, id: str, name: str, directory: Path, command: list[str],
                     env: list[str] = (), hostname: str = "", tty: bool = False,
-                    interactive: bool = False) -> ContainerSpec:
+                    interactive: bool = False, limits: Limits | None = None) -> ContainerSpec:
     """Fill a spec from an image's configuration, the way `docker run` does.
 
     The command defaults to the image's Cmd; the environment is the image's Env, then PATH and
@@ -85,4 +87,4 @@ def spec_from_image(image: Image, *, id: str, name: str, directory: Path, comman
         raise InvalidArgumentError(f"no command given and image {image.reference} has no default command")
     return ContainerSpec(id=id, name=name, image=image.reference, lowers=image.layers, directory=directory,
                          command=command, env=parse_env(list(env), base), cwd=config.get("WorkingDir") or "/",
-                         hostname=hostname, tty=tty, interactive=interactive)
+                         hostname=hostname, tty=tty, interactive=interactive, limits=limits or Limits())

@@ -7,6 +7,9 @@ serves `minictl run` (no pauses), a notebook and the visualizer (a pause and a s
 
 The order matters, and each constraint is a lesson:
 - the host name is set after the UTS namespace exists, or it would rename the host;
+- the process is placed in its cgroup after the pid step, so that only pid 1 and what it starts are
+  counted (not the waiter the fork leaves behind), and before it unshares the cgroup namespace, whose
+  root is the cgroup it is in at that moment;
 - mounts are made private right after the mount namespace exists, before anything is mounted;
 - the pid namespace applies to children only, so the child forks: its child is pid 1 inside, and
   everything after that happens in it (the proc mount included, so /proc shows the new namespace);
@@ -26,7 +29,7 @@ import termios
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .. import namespaces, rootfs
+from .. import cgroups, namespaces, rootfs
 from .. import syscalls as sc
 from ..errors import ContainerError, ExecutableNotFoundError
 from . import channel
@@ -53,13 +56,15 @@ _TITLES = {
     "uts": "unshare(CLONE_NEWUTS): a host name and domain name of its own",
     "ipc": "unshare(CLONE_NEWIPC): System V IPC objects and POSIX message queues of its own",
     "net": "unshare(CLONE_NEWNET): a network stack of its own, holding only a loopback device",
-    "cgroup": "unshare(CLONE_NEWCGROUP): its own cgroup becomes the root it sees",
+    "cgroup": "mkdir a cgroup, write its limits, write the child's pid to cgroup.procs",
+    "cgroupns": "unshare(CLONE_NEWCGROUP): its own cgroup becomes the root it sees",
     "mnt": "unshare(CLONE_NEWNS) and mount --make-rprivate /: a mount table of its own",
     "pid": "unshare(CLONE_NEWPID) and fork(): the child is pid 1 of a new pid namespace",
     "hostname": "sethostname(): rename the container's UTS namespace",
     "rootfs": "mount -t overlay: the image's layers, read-only, under a writable upper directory",
     "proc": "mount -t proc: a /proc that shows the container's own processes",
     "sys": "mount -t sysfs (read-only): a /sys that shows the container's own network devices",
+    "cgroupfs": "mount -t cgroup2 (or each v1 tree), read-only: /sys/fs/cgroup shows its own cgroup",
     "dev": "mount -t tmpfs on /dev: device nodes, a devpts instance of its own, /dev/shm",
     "pivot_root": "pivot_root(): the overlay becomes /, the host's root is unmounted",
     "exec": "execve(): the container's command replaces the engine's code",
@@ -68,15 +73,44 @@ _TITLES = {
 
 def plan(spec: ContainerSpec) -> list[Step]:
     """The ordered steps that build `spec`'s container."""
-    names = [kind for kind in ("uts", "ipc", "net", "cgroup") if kind in spec.namespaces]
+    names = [kind for kind in ("uts", "ipc", "net") if kind in spec.namespaces]
     if "uts" in names:
         names.insert(names.index("uts") + 1, "hostname")
-    if "mnt" in spec.namespaces:
-        names.append("mnt")
-    if "pid" in spec.namespaces:
-        names.append("pid")
-    names += ["rootfs", "proc", "sys", "dev", "pivot_root", "exec"]
-    return [Step(name, _TITLES[name]) for name in names]
+    names += [kind for kind in ("mnt", "pid") if kind in spec.namespaces]
+    names.append("cgroup")
+    if "cgroup" in spec.namespaces:
+        names.append("cgroupns")
+    names += ["rootfs", "proc", "sys", "cgroupfs", "dev", "pivot_root", "exec"]
+    return [Step(name, _TITLES[name], "parent" if name in PARENT_STEPS else "child") for name in names]
+
+
+# --- the parent's side ----------------------------------------------------------------------------
+# Each function does its step to the child `pid` from outside and returns what the stepper keeps.
+
+
+def _place_in_cgroup(spec: ContainerSpec, pid: int) -> cgroups.Cgroup:
+    """The container's cgroup, under the engine's subtree, with the spec's limits; the child moved in."""
+    cgroup = cgroups.create(spec.id, spec.limits)
+    try:
+        cgroup.add(pid)
+    except BaseException:
+        cgroup.destroy()
+        raise
+    return cgroup
+
+
+PARENT_STEPS: dict[str, Callable[[ContainerSpec, int], object]] = {"cgroup": _place_in_cgroup}
+
+
+def cgroup_mounts(layout: cgroups.Layout) -> list[tuple[str, str, str | None]]:
+    """What to mount under /sys/fs/cgroup for this host's cgroup layout (see rootfs.mount_cgroups)."""
+    if layout.mode == "v2":
+        return [("", "cgroup2", None)]
+    trees = {h.mount: h for h in layout.v1.values()}.values()
+    mounts = [(h.mount.name, "cgroup", ",".join(sorted(h.controllers))) for h in trees]
+    if layout.v2 is not None:
+        mounts.append((layout.v2.mount.name, "cgroup2", None))
+    return mounts
 
 
 # --- the child's side of each step --------------------------------------------------------------
@@ -135,6 +169,11 @@ def _sys(spec: ContainerSpec, sock: socket.socket) -> dict:
     return {}
 
 
+def _cgroupfs(spec: ContainerSpec, sock: socket.socket) -> dict:
+    rootfs.mount_cgroups(spec.rootfs, cgroup_mounts(cgroups.detect()))
+    return {}
+
+
 def _dev(spec: ContainerSpec, sock: socket.socket) -> dict:
     rootfs.mount_dev(spec.rootfs)
     return {}
@@ -180,8 +219,7 @@ def _exec(spec: ContainerSpec, sock: socket.socket) -> dict:
     for name in _PYTHON_IGNORED:
         signal.signal(getattr(signal, name), signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
-    os.closerange(3, sock.fileno())  # no descriptor of the engine may leak into the container
-    os.closerange(sock.fileno() + 1, os.sysconf("SC_OPEN_MAX"))
+    close_descriptors_except({0, 1, 2, sock.fileno()})  # no descriptor of the engine may leak in
     try:
         os.execvpe(spec.command[0], spec.command, spec.env)
     except FileNotFoundError:
@@ -194,8 +232,23 @@ def _exec(spec: ContainerSpec, sock: socket.socket) -> dict:
         raise error from None
 
 
+def close_descriptors_except(keep: set[int | None]) -> None:
+    """Close every inherited descriptor the build does not need (close_range(2) over the gaps).
+
+    The caller may hold pipes and sockets (a notebook kernel's, a parent's "ready" pipe): a process
+    of the container that keeps one open, like the waiter that never execs, would keep its other end
+    from ever seeing end-of-file.
+    """
+    start = 0
+    for fd in sorted(fd for fd in keep if fd is not None):
+        if start < fd:  # careful: closerange(n, n) would become close_range(n, n - 1), i.e. everything
+            os.closerange(start, fd)
+        start = fd + 1
+    os.closerange(start, os.sysconf("SC_OPEN_MAX"))
+
+
 CHILD_STEPS: dict[str, Callable[[ContainerSpec, socket.socket], dict | None]] = {
-    "uts": _unshare("uts"), "ipc": _unshare("ipc"), "net": _unshare("net"), "cgroup": _unshare("cgroup"),
+    "uts": _unshare("uts"), "ipc": _unshare("ipc"), "net": _unshare("net"), "cgroupns": _unshare("cgroup"),
     "hostname": _hostname, "mnt": _mnt, "pid": _pid, "rootfs": _rootfs, "proc": _proc, "sys": _sys,
-    "dev": _dev, "pivot_root": _pivot_root, "exec": _exec,
+    "cgroupfs": _cgroupfs, "dev": _dev, "pivot_root": _pivot_root, "exec": _exec,
 }
