@@ -13,7 +13,11 @@ recv(2), so /proc/PID shows exactly the state after that step. Child steps are a
 parent steps are done here. With `observe=False` no snapshot is taken: that is `minictl run`.
 
 After the `pid` step the process under construction changes: the child forked, and its child is pid 1
-of the new namespace. `pid` always names the process being built, as the host sees it.
+of the new namespace. `pid` always names the process being built, as the host sees it. The controller
+makes itself a *child subreaper* (prctl PR_SET_CHILD_SUBREAPER) before it forks, so that when the
+forking child exits, its orphan is reparented here rather than to the host's init: the controller
+waits for the container's pid 1 itself. (A side effect worth knowing: any orphaned grandchild of this
+process is reparented here too.)
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import signal
 from dataclasses import dataclass, field
 
 from . import observe as observe_
+from . import syscalls
 from .cgroups import Cgroup
 from .errors import ContainerError, ExecutableNotFoundError
 from .runtime import channel, child
@@ -66,6 +71,7 @@ class Stepper:
         """Fork the child, paused before its first step; return its first snapshot (if observing)."""
         ours, theirs = channel.pair()
         controller = os.getpid()
+        syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
         pid = os.fork()
         if pid == 0:
             ours.close()
@@ -128,7 +134,9 @@ class Stepper:
                         else f"container {self.spec.name}: step {step.name!r} failed: {reply['error']}")
             error.exit_code = reply["exit_code"]
             raise error
-        self.pid = reply.get("pid", self.pid)
+        if "pid" in reply:  # the pid step: our child forked pid 1 and exited; pid 1 is ours now
+            os.waitpid(self.waitable, 0)
+            self.pid = self.waitable = reply["pid"]
 
     def _do(self, step: Step) -> None:
         kept = PARENT_STEPS[step.name](self.spec, self.pid)
@@ -164,7 +172,7 @@ class Stepper:
     def close(self) -> None:
         """Kill what is still running, reap it, remove its cgroup. The directory is its owner's to remove."""
         if self.waitable is not None and self.exit_code is None:
-            self.kill()  # pid 1 first: its waiter then reaps it and exits by itself
+            self.kill()
             self.wait()
         if self.cgroup is not None:
             self.cgroup.kill()  # what pid 1 left: its namespace is gone, but a setns'd exec may linger

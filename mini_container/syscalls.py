@@ -69,6 +69,7 @@ MNT_DETACH = 2  # umount2: detach now, finish when the mount is no longer busy
 PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
 PR_SET_NAME = 15
+PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NO_NEW_PRIVS = 38
 
 # --- system call numbers that differ by architecture ----------------------------------------------

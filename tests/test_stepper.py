@@ -93,10 +93,14 @@ def test_close_in_the_middle_kills_and_reaps_everything(make_spec):
     spec = make_spec(["true"])
     build = Stepper(spec, observe=False)
     build.start()
+    first = build.pid
     while build.next_step.name != "proc":
         build.step()
-    pids = (build.waitable, build.pid)
-    assert pids[0] != pids[1]  # the waiter and pid 1 of the new namespace
+    pids = (first, build.pid)
+    assert pids[0] != pids[1]  # the child that forked (and exited), and pid 1 of the new namespace
+    assert os.path.exists(f"/proc/{build.pid}/status")
+    with open(f"/proc/{build.pid}/status") as f:  # reparented to us, the subreaper
+        assert f"PPid:\t{os.getpid()}\n" in f.read()
     build.close()
     for pid in pids:
         assert not os.path.exists(f"/proc/{pid}")

@@ -31,27 +31,37 @@ def main(sock: socket.socket, spec: ContainerSpec, controller: int) -> None:
         if os.getppid() != controller:
             os._exit(1)
         close_descriptors_except({0, 1, 2, sock.fileno(), spec.stdout})
+        rearm = False
         while True:
             message, _ = channel.receive(sock)
             if message is None:
                 break
-            code = _serve(sock, spec, message["step"])
+            if rearm:  # we were reparented to the controller (after the pid step): die with it
+                sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+                rearm = False
+            code, rearm = _serve(sock, spec, message["step"])
     finally:
         os._exit(code)
 
 
-def _serve(sock: socket.socket, spec: ContainerSpec, step: str) -> int:
+def _serve(sock: socket.socket, spec: ContainerSpec, step: str) -> tuple[int, bool]:
+    """Do one step and answer; return the exit code to use if we stop now, and whether we were reborn.
+
+    A step that returns None was answered by someone else: the pid step's parent answers for the
+    child it forked, and that child, now pid 1, goes on serving the next steps.
+    """
     try:
         extra = CHILD_STEPS[step](spec, sock)
     except ContainerError as e:
         channel.send(sock, {"error": str(e), "type": type(e).__name__, "exit_code": e.exit_code})
-        return e.exit_code
+        return e.exit_code, False
     except OSError as e:
         channel.send(sock, {"error": str(e), "type": "OSError", "exit_code": 125})
-        return 125
+        return 125, False
     except Exception:
         channel.send(sock, {"error": traceback.format_exc(), "type": "bug", "exit_code": 125})
-        return 125
-    if extra is not None:
-        channel.send(sock, {"ok": True, **extra})
-    return 1
+        return 125, False
+    if extra is None:
+        return 1, True
+    channel.send(sock, {"ok": True, **extra})
+    return 1, False

@@ -136,20 +136,18 @@ def _mnt(spec: ContainerSpec, sock: socket.socket) -> dict:
 
 
 def _pid(spec: ContainerSpec, sock: socket.socket) -> dict | None:
-    """Fork into the new pid namespace; the parent stays behind only to wait and pass on the exit code."""
+    """Fork into the new pid namespace, answer with the new process's host pid, and exit.
+
+    The controller is a child subreaper (see stepper.Stepper.start), so the new process, orphaned
+    by this exit, becomes the controller's own child: the controller waits for pid 1 directly, as
+    containerd's shim waits for runc's init. runc gets the same shape with clone(CLONE_PARENT).
+    """
     namespaces.unshare(["pid"])
     child = os.fork()
     if child == 0:
-        # Die with the waiter. (getppid() returns 0 here: the parent is outside our pid namespace.)
-        sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
-        return None  # the waiter answers for this step: only it knows the child's host pid
+        return None  # pid 1 now; the parent answers for this step, as only it knows our host pid
     channel.send(sock, {"ok": True, "pid": child})
-    sock.close()
-    for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT"):  # the controller forwards them to pid 1
-        signal.signal(getattr(signal, name), signal.SIG_IGN)
-    _, status = os.waitpid(child, 0)
-    code = os.waitstatus_to_exitcode(status)
-    os._exit(code if code >= 0 else 128 - code)  # killed by signal N: 128+N, as shells report it
+    os._exit(0)
 
 
 def _rootfs(spec: ContainerSpec, sock: socket.socket) -> dict:
