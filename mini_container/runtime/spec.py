@@ -19,6 +19,41 @@ from ..image.store import Image
 DEFAULT_NAMESPACES = ["uts", "ipc", "net", "cgroup", "mnt", "pid"]
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
+# runc's defaults (`runc spec`): paths hidden from the container (/dev/null bound over files, an empty
+# read-only tmpfs over directories), and paths it may read but not write.
+DEFAULT_MASKED_PATHS = [
+    "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
+    "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi",
+]
+DEFAULT_READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+
+
+@dataclass
+class Mount:
+    """One mount inside the container, as an OCI config.json `mounts` entry describes it."""
+
+    destination: str  # an absolute path inside the container
+    type: str = "bind"  # "bind", "tmpfs", "proc", "sysfs", "devpts", "mqueue", ...
+    source: str = ""  # a host path for a bind mount, else the filesystem's source name
+    options: list[str] = field(default_factory=list)  # mount(8) words: "rbind", "ro", "nosuid", "size=64m"
+
+
+@dataclass
+class ProcessSettings:
+    """Who the container's process is and what it may do: OCI's `process` (and linux.seccomp)."""
+
+    uid: int = 0
+    gid: int = 0
+    additional_gids: list[int] = field(default_factory=list)
+    # OCI capability sets by name: "bounding", "effective", "inheritable", "permitted", "ambient", each
+    # a list like ["CAP_CHOWN", ...]; None means Docker's default set.
+    capabilities: dict[str, list[str]] | None = None
+    no_new_privileges: bool = False
+    rlimits: list[tuple[str, int, int]] = field(default_factory=list)  # ("RLIMIT_NOFILE", soft, hard)
+    oom_score_adj: int | None = None
+    seccomp: dict | None = None  # an OCI linux.seccomp object; None: no filter
+    umask: int | None = None
+
 
 @dataclass
 class ContainerSpec:
@@ -38,6 +73,14 @@ class ContainerSpec:
     interactive: bool = False  # keep stdin attached (else the process reads /dev/null)
     stdout: int | None = None  # a file descriptor for the process's stdout and stderr; None: inherit
     limits: Limits = field(default_factory=Limits)  # the cgroup's limits (none: accounted, not limited)
+    root_path: Path | None = None  # an OCI bundle's root directory, used instead of image layers
+    readonly_rootfs: bool = False
+    mounts: list[Mount] = field(default_factory=list)
+    masked_paths: list[str] = field(default_factory=lambda: list(DEFAULT_MASKED_PATHS))
+    readonly_paths: list[str] = field(default_factory=lambda: list(DEFAULT_READONLY_PATHS))
+    no_pivot: bool = False  # MS_MOVE + chroot instead of pivot_root (e.g. on a ramfs root)
+    sysctls: dict[str, str] = field(default_factory=dict)
+    process: ProcessSettings = field(default_factory=ProcessSettings)
     exit_code: int | None = field(default=None, init=False)
 
     @property
