@@ -118,9 +118,8 @@ class Stepper:
         try:
             channel.send(self._sock, {"step": step.name})
             reply, fds = channel.receive(self._sock)
-            if fds:  # the container's terminal, sent before exec
+            if fds:  # the terminal step sends the master side of the container's terminal
                 self.terminal = fds[0]
-                reply, _ = channel.receive(self._sock)
         except OSError as e:
             raise ContainerError(f"container {self.spec.name}: the child died during step {step.name!r} "
                                  f"({e})") from e

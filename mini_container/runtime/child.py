@@ -19,8 +19,9 @@ import traceback
 from .. import syscalls as sc
 from ..errors import ContainerError
 from . import channel
+from .execution import close_descriptors_except
 from .spec import ContainerSpec
-from .steps import CHILD_STEPS, close_descriptors_except
+from .steps import CHILD_STEPS
 
 
 def main(sock: socket.socket, spec: ContainerSpec, controller: int) -> None:
@@ -47,8 +48,10 @@ def main(sock: socket.socket, spec: ContainerSpec, controller: int) -> None:
 def _serve(sock: socket.socket, spec: ContainerSpec, step: str) -> tuple[int, bool]:
     """Do one step and answer; return the exit code to use if we stop now, and whether we were reborn.
 
-    A step that returns None was answered by someone else: the pid step's parent answers for the
-    child it forked, and that child, now pid 1, goes on serving the next steps.
+    A step that returns None has answered already: by itself (the terminal step, which sends a
+    descriptor with its answer), or through its parent (the pid step's parent answers for the child
+    it forked, and that child, now pid 1, goes on serving). The death signal is then re-armed, in
+    case this is that new process.
     """
     try:
         extra = CHILD_STEPS[step](spec, sock)

@@ -81,6 +81,7 @@ class ContainerSpec:
     no_pivot: bool = False  # MS_MOVE + chroot instead of pivot_root (e.g. on a ramfs root)
     sysctls: dict[str, str] = field(default_factory=dict)
     process: ProcessSettings = field(default_factory=ProcessSettings)
+    exec_fifo: Path | None = None  # OCI create: wait on this FIFO for `start` before execve
     exit_code: int | None = field(default=None, init=False)
 
     @property

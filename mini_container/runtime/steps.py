@@ -19,28 +19,15 @@ The order matters, and each constraint is a lesson:
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import os
-import signal
 import socket
-import struct
-import termios
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from .. import cgroups, namespaces, rootfs
 from .. import syscalls as sc
-from ..errors import ContainerError, ExecutableNotFoundError
-from . import channel
+from . import channel, execution
 from .spec import ContainerSpec
-
-# ioctls for the pseudo-terminal master (<asm-generic/ioctls.h>)
-TIOCGPTN = 0x80045430  # read the pty number: /dev/pts/N
-TIOCSPTLCK = 0x40045431  # lock or unlock the slave side
-
-# Signals that Python itself ignores at start-up; an exec'd program must get them back at default.
-_PYTHON_IGNORED = ("SIGPIPE", "SIGXFSZ")
 
 
 @dataclass(frozen=True)
@@ -67,7 +54,9 @@ _TITLES = {
     "cgroupfs": "mount -t cgroup2 (or each v1 tree), read-only: /sys/fs/cgroup shows its own cgroup",
     "dev": "mount -t tmpfs on /dev: device nodes, a devpts instance of its own, /dev/shm",
     "pivot_root": "pivot_root(): the overlay becomes /, the host's root is unmounted",
+    "terminal": "open /dev/ptmx, setsid, TIOCSCTTY: a terminal of its own, its master sent to the caller",
     "exec": "execve(): the container's command replaces the engine's code",
+    "await_start": "open the exec FIFO: wait, fully built, until `start`; then execve()",
 }
 
 
@@ -80,7 +69,10 @@ def plan(spec: ContainerSpec) -> list[Step]:
     names.append("cgroup")
     if "cgroup" in spec.namespaces:
         names.append("cgroupns")
-    names += ["rootfs", "proc", "sys", "cgroupfs", "dev", "pivot_root", "exec"]
+    names += ["rootfs", "proc", "sys", "cgroupfs", "dev", "pivot_root"]
+    if spec.tty:
+        names.append("terminal")
+    names.append("await_start" if spec.exec_fifo else "exec")
     return [Step(name, _TITLES[name], "parent" if name in PARENT_STEPS else "child") for name in names]
 
 
@@ -182,71 +174,9 @@ def _pivot_root(spec: ContainerSpec, sock: socket.socket) -> dict:
     return {}
 
 
-def _open_terminal() -> tuple[int, int]:
-    """Open a pseudo-terminal pair on the container's own devpts (what posix_openpt+unlockpt do)."""
-    master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
-    fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))
-    number = struct.unpack("I", fcntl.ioctl(master, TIOCGPTN, b"\0" * 4))[0]
-    slave = os.open(f"/dev/pts/{number}", os.O_RDWR | os.O_NOCTTY)
-    return master, slave
-
-
-def _exec(spec: ContainerSpec, sock: socket.socket) -> dict:
-    """Set up stdio, then execve. On success nothing returns: the controller reads end-of-file."""
-    if spec.tty:
-        master, slave = _open_terminal()
-        os.setsid()  # a new session, so that the terminal can become its controlling terminal
-        fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
-        channel.send(sock, {"terminal": True}, [master])
-        os.close(master)
-        for fd in (0, 1, 2):
-            os.dup2(slave, fd)
-        os.close(slave)
-    else:
-        if not spec.interactive:
-            null = os.open("/dev/null", os.O_RDONLY)
-            os.dup2(null, 0)
-            os.close(null)
-        if spec.stdout is not None:
-            os.dup2(spec.stdout, 1)
-            os.dup2(spec.stdout, 2)
-    try:
-        os.chdir(spec.cwd)
-    except OSError as e:
-        raise ContainerError(f"working directory {spec.cwd!r} in image {spec.image}: {e.strerror}") from None
-    for name in _PYTHON_IGNORED:
-        signal.signal(getattr(signal, name), signal.SIG_DFL)
-    signal.pthread_sigmask(signal.SIG_SETMASK, [])
-    close_descriptors_except({0, 1, 2, sock.fileno()})  # no descriptor of the engine may leak in
-    try:
-        os.execvpe(spec.command[0], spec.command, spec.env)
-    except FileNotFoundError:
-        raise ExecutableNotFoundError(f"executable {spec.command[0]!r} not found in image {spec.image} "
-                                      f"(PATH={spec.env.get('PATH', '')})") from None
-    except PermissionError:
-        error = ExecutableNotFoundError(f"cannot execute {spec.command[0]!r} in image {spec.image}: "
-                                        f"{os.strerror(errno.EACCES)}")
-        error.exit_code = 126
-        raise error from None
-
-
-def close_descriptors_except(keep: set[int | None]) -> None:
-    """Close every inherited descriptor the build does not need (close_range(2) over the gaps).
-
-    The caller may hold pipes and sockets (a notebook kernel's, a parent's "ready" pipe): a process
-    of the container that keeps one open, like the waiter that never execs, would keep its other end
-    from ever seeing end-of-file.
-    """
-    start = 0
-    for fd in sorted(fd for fd in keep if fd is not None):
-        if start < fd:  # careful: closerange(n, n) would become close_range(n, n - 1), i.e. everything
-            os.closerange(start, fd)
-        start = fd + 1
-    os.closerange(start, os.sysconf("SC_OPEN_MAX"))
-
-
 CHILD_STEPS: dict[str, Callable[[ContainerSpec, socket.socket], dict | None]] = {
     "uts": _unshare("uts"), "ipc": _unshare("ipc"), "net": _unshare("net"), "cgroupns": _unshare("cgroup"),
     "hostname": _hostname, "mnt": _mnt, "pid": _pid, "rootfs": _rootfs, "proc": _proc, "sys": _sys,
-    "cgroupfs": _cgroupfs, "dev": _dev, "pivot_root": _pivot_root, "exec": _exec,
+    "cgroupfs": _cgroupfs, "dev": _dev, "pivot_root": _pivot_root, "terminal": execution.terminal,
+    "exec": execution.exec_now, "await_start": execution.await_start,
 }
