@@ -182,6 +182,17 @@ class Stepper:
             os.close(self.terminal)
             self.terminal = None
 
+    def release(self) -> None:
+        """Let the container live on without this controller (OCI create): forget it, kill nothing.
+
+        Its pid 1 no longer dies with us (await_start cleared its death signal); when we exit it is
+        reparented to the nearest subreaper (a shim) or to the host's init, which reaps it.
+        """
+        self._close_channel()
+        if self.terminal is not None:
+            os.close(self.terminal)
+        self.waitable = self.terminal = self.cgroup = None
+
     def _close_channel(self) -> None:
         if self._sock is not None:
             self._sock.close()

@@ -18,7 +18,7 @@ import traceback
 
 from .. import syscalls as sc
 from ..errors import ContainerError
-from . import channel
+from . import channel, execution
 from .execution import close_descriptors_except
 from .spec import ContainerSpec
 from .steps import CHILD_STEPS
@@ -31,7 +31,7 @@ def main(sock: socket.socket, spec: ContainerSpec, controller: int) -> None:
         sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != controller:
             os._exit(1)
-        close_descriptors_except({0, 1, 2, sock.fileno(), spec.stdout})
+        close_descriptors_except({0, 1, 2, sock.fileno(), spec.stdout, execution.hold_gate(spec)})
         rearm = False
         while True:
             message, _ = channel.receive(sock)

@@ -15,7 +15,9 @@ anything irreversible so that a missing program is a clear error, not a dead con
 stops dying with its creator (PR_SET_PDEATHSIG 0: the creator is about to exit) and blocks opening
 the exec FIFO for writing; open(2) on a FIFO waits for the other end. `start` opens it for reading,
 the process writes one byte, and execs. Between the two, /proc/PID shows a process that is fully
-set up but still running the engine's code — runc's "created" state.
+set up but still running the engine's code — runc's "created" state. The trap: after pivot_root the
+FIFO's host path no longer exists for the process, so it holds the FIFO from the start as an O_PATH
+descriptor (`hold_gate`) and opens it later through /proc/self/fd/N, as runc does.
 """
 
 from __future__ import annotations
@@ -116,6 +118,17 @@ def exec_now(spec: ContainerSpec, sock: socket.socket) -> None:
     execute(spec, prepare(spec), keep=sock.fileno())
 
 
+_gate: int | None = None  # the exec FIFO, held by an O_PATH descriptor from before pivot_root
+
+
+def hold_gate(spec: ContainerSpec) -> int | None:
+    """Before the root changes: keep a handle on the exec FIFO, if the container has one."""
+    global _gate
+    if spec.exec_fifo is not None:
+        _gate = os.open(spec.exec_fifo, os.O_PATH | os.O_CLOEXEC)
+    return _gate
+
+
 def await_start(spec: ContainerSpec, sock: socket.socket) -> None:
     """create's last step: answer, outlive the creator, block on the exec FIFO until start, then exec."""
     path = prepare(spec)
@@ -123,7 +136,8 @@ def await_start(spec: ContainerSpec, sock: socket.socket) -> None:
     channel.send(sock, {"ok": True, "created": True})
     sock.close()
     try:
-        gate = os.open(spec.exec_fifo, os.O_WRONLY)  # blocks until `start` opens the other end
+        gate = os.open(f"/proc/self/fd/{_gate}", os.O_WRONLY)  # blocks until `start` opens the other end
+        os.close(_gate)
         os.write(gate, b"0")
         os.close(gate)
         execute(spec, path, keep=None)
