@@ -186,6 +186,8 @@ class Lifecycle:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(state["pid"], signal.SIGKILL)
                 wait_for_exit(state["pid"], timeout=10)
+            with contextlib.suppress(ChildProcessError):  # reap it, if it is ours (we are its subreaper)
+                os.waitpid(state["pid"], os.WNOHANG)
             if state.get("cgroup"):
                 cgroup = self.cgroup(state)
                 if cgroup.exists():
