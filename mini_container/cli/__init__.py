@@ -2,9 +2,11 @@
 
     minictl bootstrap busybox                 build the default image offline
     minictl images                            list images
-    minictl run [-it] [--rm] IMAGE [CMD...]   run a container in the foreground
+    minictl run [-it|-d] [--rm] [limits] IMAGE [CMD...]   run a container
     minictl ps [-a]                           list containers
-    minictl rm [-f] NAME...                   remove containers
+    minictl stop|kill|rm NAME...              stop, signal or remove containers
+    minictl logs [-f] NAME                    what a detached container wrote
+    minictl stats [--no-stream]               live usage, like docker stats
     minictl ns PID|NAME [KIND...]             namespaces of a process or container next to the host's
 
 Each module of this package adds its own subcommands (`images`: image commands, `containers`:
@@ -21,7 +23,7 @@ import sys
 
 from ..errors import ContainerError, NotRootError
 from ..locations import engine_root
-from . import containers, images
+from . import containers, images, registry
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,4 +48,5 @@ def parser() -> argparse.ArgumentParser:
     commands = top.add_subparsers(required=True, metavar="COMMAND")
     images.register(commands)
     containers.register(commands)
+    registry.register(commands)
     return top
