@@ -9,11 +9,12 @@ import signal
 import sys
 import time
 
-from .. import namespaces
+from .. import namespaces, rootfs
 from ..errors import ContainerError, InvalidArgumentError
 from ..image.store import ImageStore
 from ..runtime.containers import ContainerStore
 from ..runtime.run import run
+from ..runtime.spec import Mount
 from . import flags, stats
 from .table import print_table
 
@@ -29,6 +30,11 @@ def register(commands) -> None:
     runner.add_argument("--hostname", default="", help="the container's host name (default: its short id)")
     runner.add_argument("-e", "--env", action="append", default=[], metavar="KEY[=VALUE]",
                         help="set an environment variable")
+    runner.add_argument("-v", "--volume", action="append", default=[], metavar="HOST:CTR[:ro]",
+                        help="bind-mount an absolute host path into the container (read-only with :ro)")
+    runner.add_argument("--tmpfs", action="append", default=[], metavar="CTR[:OPTIONS]",
+                        help="mount a tmpfs in the container, e.g. /tmp:size=64m,mode=1777")
+    runner.add_argument("--read-only", action="store_true", help="mount the container's root read-only")
     flags.add_limit_flags(runner)
     runner.add_argument("image")
     runner.add_argument("command", nargs=argparse.REMAINDER, help="the command (default: the image's)")
@@ -74,10 +80,12 @@ def register(commands) -> None:
 def _run(args) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     limits = flags.limits_from_flags(args)  # bad flags are refused before anything is created
+    mounts = mounts_from_flags(args.volume, args.tmpfs)
     image = ImageStore(args.root).get(args.image)
     containers = ContainerStore(args.root)
     spec = containers.create(image, command, name=args.name, env=args.env, hostname=args.hostname,
-                             tty=args.tty, interactive=args.interactive, limits=limits)
+                             tty=args.tty, interactive=args.interactive, limits=limits, mounts=mounts,
+                             readonly_rootfs=args.read_only)
     try:
         code = run(containers, spec, remove=args.rm, detach=args.detach)
     except ContainerError:
@@ -87,6 +95,54 @@ def _run(args) -> int:
     if args.detach:
         print(spec.id)
     return code
+
+
+def mounts_from_flags(volumes: list[str], tmpfs: list[str]) -> list[Mount]:
+    """`-v` and `--tmpfs` as OCI mounts, parents before what is mounted inside them (as docker sorts)."""
+    mounts = [parse_volume(text) for text in volumes] + [parse_tmpfs(text) for text in tmpfs]
+    seen = set()
+    for mount in mounts:
+        if mount.destination in seen:
+            raise InvalidArgumentError(f"duplicate mount point {mount.destination}: mount one thing there")
+        seen.add(mount.destination)
+    return sorted(mounts, key=lambda mount: mount.destination.count("/"))
+
+
+def parse_volume(text: str) -> Mount:
+    """`-v HOST:CTR[:OPTIONS]` -> a recursive bind (rbind, rprivate by default, like docker's).
+
+    OPTIONS: `ro` or `rw`, and a propagation (`rslave`, `rshared`, ...), comma-separated.
+    """
+    host, _, rest = text.partition(":")
+    destination, _, options = rest.partition(":")
+    words = [word for word in options.split(",") if word]
+    if not os.path.isabs(host):
+        raise InvalidArgumentError(f"invalid volume {text!r}: the host path must be absolute "
+                                   "(named volumes are not supported)")
+    _check_destination(destination, text)
+    unknown = [word for word in words if word not in ("ro", "rw", *rootfs.PROPAGATION_WORDS)]
+    if unknown:
+        raise InvalidArgumentError(f"invalid volume {text!r}: unknown option {unknown[0]!r} "
+                                   "(use ro, rw, or a propagation such as rslave)")
+    if not os.path.exists(host):
+        raise InvalidArgumentError(f"invalid volume {text!r}: {host} does not exist on the host: "
+                                   "create it first")
+    propagation = [word for word in words if word in rootfs.PROPAGATION_WORDS] or ["rprivate"]
+    return Mount(os.path.normpath(destination), "bind", host,
+                 ["rbind", *(word for word in words if word in ("ro", "rw")), *propagation])
+
+
+def parse_tmpfs(text: str) -> Mount:
+    """`--tmpfs CTR[:OPTIONS]` -> a tmpfs, nosuid,nodev,noexec unless OPTIONS say otherwise (docker's)."""
+    destination, _, options = text.partition(":")
+    _check_destination(destination, text)
+    words = [word for word in options.split(",") if word]
+    return Mount(os.path.normpath(destination), "tmpfs", "tmpfs", ["nosuid", "nodev", "noexec", *words])
+
+
+def _check_destination(destination: str, text: str) -> None:
+    if not os.path.isabs(destination) or os.path.normpath(destination) == "/":
+        raise InvalidArgumentError(f"invalid mount {text!r}: the container path must be absolute, and not /")
 
 
 def _ps(args) -> None:

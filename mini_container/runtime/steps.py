@@ -13,7 +13,11 @@ The order matters, and each constraint is a lesson:
 - mounts are made private right after the mount namespace exists, before anything is mounted;
 - the pid namespace applies to children only, so the child forks: its child is pid 1 inside, and
   everything after that happens in it (the proc mount included, so /proc shows the new namespace);
-- /proc, /sys and /dev are mounted inside the new root before pivot_root, while both roots are visible;
+- /proc, /sys, /dev and the spec's mounts are mounted inside the new root before pivot_root, while
+  both roots are visible (a bind's source is a host path), each target resolved inside the new root;
+- sysctls are written after pivot_root, through the container's own /proc, and before the read-only
+  paths make /proc/sys read-only; the masks come after, and the root is made read-only last, once
+  nothing more needs to be mounted in it (rootfs.py explains each);
 - execve comes last; everything before it must be done by the engine's own code.
 """
 
@@ -23,11 +27,12 @@ import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from .. import cgroups, namespaces, rootfs
 from .. import syscalls as sc
 from . import channel, execution
-from .spec import ContainerSpec
+from .spec import ContainerSpec, Mount
 
 
 @dataclass(frozen=True)
@@ -52,8 +57,16 @@ _TITLES = {
     "proc": "mount -t proc: a /proc that shows the container's own processes",
     "sys": "mount -t sysfs (read-only): a /sys that shows the container's own network devices",
     "cgroupfs": "mount -t cgroup2 (or each v1 tree), read-only: /sys/fs/cgroup shows its own cgroup",
+    "bundle_root": "mount --rbind ROOT ROOT: the bundle's root directory becomes a mount point of its own",
     "dev": "mount -t tmpfs on /dev: device nodes, a devpts instance of its own, /dev/shm",
-    "pivot_root": "pivot_root(): the overlay becomes /, the host's root is unmounted",
+    "mqueue": "mount -t mqueue on /dev/mqueue: the POSIX message queues of its IPC namespace",
+    "mounts": "mount the spec's binds and filesystems, each destination resolved inside the new root",
+    "pivot_root": "pivot_root(): the new root becomes /, the host's root is unmounted",
+    "move_root": "mount --move ROOT / and chroot(\".\"): the fallback where pivot_root cannot work",
+    "sysctl": "write /proc/sys/...: kernel parameters of the container's own namespaces",
+    "readonly_paths": "mount --bind P P, then remount it read-only: /proc/sys, /proc/sysrq-trigger, ...",
+    "masked_paths": "mount /dev/null or an empty read-only tmpfs over /proc/kcore, /proc/keys, ...",
+    "readonly_root": "mount -o remount,bind,ro /: the root filesystem becomes read-only",
     "terminal": "open /dev/ptmx, setsid, TIOCSCTTY: a terminal of its own, its master sent to the caller",
     "exec": "execve(): the container's command replaces the engine's code",
     "await_start": "open the exec FIFO: wait, fully built, until `start`; then execve()",
@@ -69,7 +82,13 @@ def plan(spec: ContainerSpec) -> list[Step]:
     names.append("cgroup")
     if "cgroup" in spec.namespaces:
         names.append("cgroupns")
-    names += ["rootfs", "proc", "sys", "cgroupfs", "dev", "pivot_root"]
+    names += ["bundle_root" if spec.root_path else "rootfs", "proc", "sys", "cgroupfs", "dev", "mqueue"]
+    if extra_mounts(spec):
+        names.append("mounts")
+    names.append("move_root" if spec.no_pivot else "pivot_root")
+    after_pivot = {"sysctl": spec.sysctls, "readonly_paths": spec.readonly_paths,
+                   "masked_paths": spec.masked_paths, "readonly_root": spec.readonly_rootfs}
+    names += [name for name, wanted in after_pivot.items() if wanted]
     if spec.tty:
         names.append("terminal")
     names.append("await_start" if spec.exec_fifo else "exec")
@@ -142,6 +161,24 @@ def _pid(spec: ContainerSpec, sock: socket.socket) -> dict | None:
     os._exit(0)
 
 
+# The mounts that the proc, sys, cgroupfs, dev and mqueue steps make: a config.json lists them too (runc
+# spec does), and an entry that asks for the same type at the same place is left to those steps.
+STANDARD_MOUNTS = {"/proc": {"proc"}, "/sys": {"sysfs"}, "/sys/fs/cgroup": {"cgroup", "cgroup2"},
+                   "/dev": {"tmpfs"}, "/dev/pts": {"devpts"}, "/dev/shm": {"tmpfs"},
+                   "/dev/mqueue": {"mqueue"}}
+
+
+def extra_mounts(spec: ContainerSpec) -> list[Mount]:
+    """The spec's mounts, but for the standard ones that the engine's own steps make."""
+    return [m for m in spec.mounts
+            if m.type not in STANDARD_MOUNTS.get(os.path.normpath(m.destination), set())]
+
+
+def root_of(spec: ContainerSpec) -> Path:
+    """Where the container's root is mounted on the host: the overlay's mount point, or a bundle's root."""
+    return Path(os.path.realpath(spec.root_path)) if spec.root_path else spec.rootfs
+
+
 def _rootfs(spec: ContainerSpec, sock: socket.socket) -> dict:
     for path in (spec.upper, spec.work, spec.rootfs):
         path.mkdir(parents=True, exist_ok=True)
@@ -149,34 +186,80 @@ def _rootfs(spec: ContainerSpec, sock: socket.socket) -> dict:
     return {}
 
 
+def _bundle_root(spec: ContainerSpec, sock: socket.socket) -> dict:
+    rootfs.bind_root(root_of(spec))
+    return {}
+
+
 def _proc(spec: ContainerSpec, sock: socket.socket) -> dict:
-    rootfs.mount_proc(spec.rootfs)
+    rootfs.mount_proc(root_of(spec))
     return {}
 
 
 def _sys(spec: ContainerSpec, sock: socket.socket) -> dict:
-    rootfs.mount_sys(spec.rootfs)
+    rootfs.mount_sys(root_of(spec))
     return {}
 
 
 def _cgroupfs(spec: ContainerSpec, sock: socket.socket) -> dict:
-    rootfs.mount_cgroups(spec.rootfs, cgroup_mounts(cgroups.detect()))
+    rootfs.mount_cgroups(root_of(spec), cgroup_mounts(cgroups.detect()))
     return {}
 
 
 def _dev(spec: ContainerSpec, sock: socket.socket) -> dict:
-    rootfs.mount_dev(spec.rootfs)
+    rootfs.mount_dev(root_of(spec))
+    return {}
+
+
+def _mqueue(spec: ContainerSpec, sock: socket.socket) -> dict:
+    rootfs.mount_mqueue(root_of(spec))
+    return {}
+
+
+def _mounts(spec: ContainerSpec, sock: socket.socket) -> dict:
+    for m in extra_mounts(spec):
+        rootfs.mount_entry(root_of(spec), m.destination, m.type, m.source, m.options)
     return {}
 
 
 def _pivot_root(spec: ContainerSpec, sock: socket.socket) -> dict:
-    rootfs.pivot_root(spec.rootfs)
+    rootfs.pivot_root(root_of(spec))
+    return {}
+
+
+def _move_root(spec: ContainerSpec, sock: socket.socket) -> dict:
+    rootfs.move_root(root_of(spec))
+    return {}
+
+
+def _sysctl(spec: ContainerSpec, sock: socket.socket) -> dict:
+    for key, value in spec.sysctls.items():
+        rootfs.write_sysctl(key, value, spec.namespaces)
+    return {}
+
+
+def _readonly_paths(spec: ContainerSpec, sock: socket.socket) -> dict:
+    for path in spec.readonly_paths:
+        rootfs.bind_readonly(path)
+    return {}
+
+
+def _masked_paths(spec: ContainerSpec, sock: socket.socket) -> dict:
+    for path in spec.masked_paths:
+        rootfs.mask(path)
+    return {}
+
+
+def _readonly_root(spec: ContainerSpec, sock: socket.socket) -> dict:
+    rootfs.remount_readonly("/")
     return {}
 
 
 CHILD_STEPS: dict[str, Callable[[ContainerSpec, socket.socket], dict | None]] = {
     "uts": _unshare("uts"), "ipc": _unshare("ipc"), "net": _unshare("net"), "cgroupns": _unshare("cgroup"),
-    "hostname": _hostname, "mnt": _mnt, "pid": _pid, "rootfs": _rootfs, "proc": _proc, "sys": _sys,
-    "cgroupfs": _cgroupfs, "dev": _dev, "pivot_root": _pivot_root, "terminal": execution.terminal,
+    "hostname": _hostname, "mnt": _mnt, "pid": _pid, "rootfs": _rootfs, "bundle_root": _bundle_root,
+    "proc": _proc, "sys": _sys, "cgroupfs": _cgroupfs, "dev": _dev, "mqueue": _mqueue, "mounts": _mounts,
+    "pivot_root": _pivot_root, "move_root": _move_root, "sysctl": _sysctl, "readonly_paths": _readonly_paths,
+    "masked_paths": _masked_paths, "readonly_root": _readonly_root, "terminal": execution.terminal,
     "exec": execution.exec_now, "await_start": execution.await_start,
 }
