@@ -170,3 +170,191 @@ def pidfd_send_signal(pidfd: int, signal: int) -> None:
     _check(_libc.syscall(ffi.cast("long", number), ffi.cast("int", pidfd), ffi.cast("int", signal),
                          ffi.NULL, ffi.cast("unsigned int", 0)),
            "pidfd_send_signal", pidfd, signal)
+
+
+# --- process settings: capabilities (capget/capset) and seccomp filters (libseccomp) ---------------
+# Used by runtime/capabilities.py and runtime/seccomp.py.
+
+ffi.cdef(
+    """
+    typedef struct { uint32_t version; int pid; } cap_user_header;
+    typedef struct { uint32_t effective; uint32_t permitted; uint32_t inheritable; } cap_user_data;
+    int capget(cap_user_header *header, cap_user_data *data);
+    int capset(cap_user_header *header, const cap_user_data *data);
+
+    typedef void *scmp_filter_ctx;
+    struct scmp_arg_cmp { unsigned int arg; int op; uint64_t datum_a; uint64_t datum_b; };
+    scmp_filter_ctx seccomp_init(uint32_t def_action);
+    void seccomp_release(scmp_filter_ctx ctx);
+    uint32_t seccomp_arch_resolve_name(const char *arch_name);
+    int seccomp_arch_add(scmp_filter_ctx ctx, uint32_t arch_token);
+    int seccomp_attr_set(scmp_filter_ctx ctx, int attr, uint32_t value);
+    int seccomp_syscall_resolve_name(const char *name);
+    int seccomp_rule_add_array(scmp_filter_ctx ctx, uint32_t action, int syscall, unsigned int arg_cnt,
+                               const struct scmp_arg_cmp *arg_array);
+    int seccomp_load(scmp_filter_ctx ctx);
+    int seccomp_export_pfc(scmp_filter_ctx ctx, int fd);
+    """
+)
+
+# prctl options for capabilities, dumpability and the death signal, from <linux/prctl.h>
+PR_GET_PDEATHSIG = 2
+PR_GET_DUMPABLE = 3
+PR_SET_KEEPCAPS = 8
+PR_CAPBSET_READ = 23
+PR_CAPBSET_DROP = 24
+PR_CAP_AMBIENT = 47  # with one of:
+PR_CAP_AMBIENT_RAISE = 2
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522  # 64-bit sets, passed as two 32-bit halves
+
+# libseccomp is opened now, at import time, not at first use: a container's process loads its filter
+# after pivot_root, when the host's /usr/lib is no longer in its file system.
+try:
+    _libseccomp = ffi.dlopen("libseccomp.so.2")
+except OSError as _error:
+    _libseccomp = None
+    _libseccomp_error = str(_error)
+
+
+def capget() -> tuple[int, int, int]:
+    """The calling thread's (effective, permitted, inheritable) capability sets, as 64-bit masks."""
+    header = ffi.new("cap_user_header *", {"version": _LINUX_CAPABILITY_VERSION_3, "pid": 0})
+    data = ffi.new("cap_user_data[2]")
+    _check(_libc.capget(header, data), "capget", 0)
+    low, high = data[0], data[1]
+    return (low.effective | high.effective << 32, low.permitted | high.permitted << 32,
+            low.inheritable | high.inheritable << 32)
+
+
+def capset(effective: int, permitted: int, inheritable: int) -> None:
+    """Set the calling thread's effective, permitted and inheritable sets (64-bit masks).
+
+    The kernel refuses (EPERM) a permitted set that grows, an effective set outside the new permitted
+    set, and an inheritable set beyond the bounding set. Only the calling thread changes.
+    """
+    header = ffi.new("cap_user_header *", {"version": _LINUX_CAPABILITY_VERSION_3, "pid": 0})
+    data = ffi.new("cap_user_data[2]")
+    for half in (0, 1):
+        shift = 32 * half
+        data[half].effective = effective >> shift & 0xFFFFFFFF
+        data[half].permitted = permitted >> shift & 0xFFFFFFFF
+        data[half].inheritable = inheritable >> shift & 0xFFFFFFFF
+    _check(_libc.capset(header, data), "capset", hex(effective), hex(permitted), hex(inheritable))
+
+
+def get_pdeathsig() -> int:
+    """The signal the calling process gets when its parent dies (PR_GET_PDEATHSIG); 0 for none.
+
+    A change of uid or gid clears it: a process that switches user and must still die with its
+    parent reads it first and sets it again after (as runc does).
+    """
+    value = ffi.new("int *")
+    _check(_libc.prctl(PR_GET_PDEATHSIG, ffi.cast("unsigned long", value), 0, 0, 0),
+           "prctl", PR_GET_PDEATHSIG)
+    return value[0]
+
+
+def _seccomp_lib():
+    if _libseccomp is None:
+        raise OSError(errno.ELIBACC, f"libseccomp.so.2 cannot be loaded ({_libseccomp_error}): "
+                                     "install Debian's libseccomp2")
+    return _libseccomp
+
+
+def _check_seccomp(result: int, call: str, *args: object) -> int:
+    """libseccomp returns -errno itself (it does not set errno): turn it into an OSError."""
+    if result < 0:
+        code = -result
+        shown = ", ".join(repr(a) for a in args)
+        raise OSError(code, f"{call}({shown}): {errno.errorcode.get(code, str(code))} ({os.strerror(code)})")
+    return result
+
+
+def seccomp_init(default_action: int):
+    """A new libseccomp filter context for the native architecture, taking `default_action`."""
+    context = _seccomp_lib().seccomp_init(default_action)
+    if context == ffi.NULL:
+        raise OSError(errno.EINVAL, f"seccomp_init({hex(default_action)}): invalid default action")
+    return context
+
+
+def seccomp_release(context) -> None:
+    """Free a filter context (the filter loaded from it stays in force)."""
+    _seccomp_lib().seccomp_release(context)
+
+
+def seccomp_arch_resolve_name(name: str) -> int:
+    """libseccomp's token (an AUDIT_ARCH_* value) for an architecture name like "x86_64"; 0 if unknown."""
+    return _seccomp_lib().seccomp_arch_resolve_name(name.encode())
+
+
+def seccomp_arch_add(context, token: int) -> None:
+    """Let the filter match system calls made with another architecture's ABI (EEXIST if already in)."""
+    _check_seccomp(_seccomp_lib().seccomp_arch_add(context, token), "seccomp_arch_add", hex(token))
+
+
+def seccomp_attr_set(context, attribute: int, value: int) -> None:
+    """Set a filter attribute (SCMP_FLTATR_*), such as whether loading also sets no_new_privs."""
+    _check_seccomp(_seccomp_lib().seccomp_attr_set(context, attribute, value), "seccomp_attr_set",
+                   attribute, value)
+
+
+def seccomp_syscall_resolve_name(name: str) -> int:
+    """The native number of system call `name`; -1 if libseccomp does not know it at all.
+
+    A call that exists on another architecture of the filter only (socketcall on x86_64) gets a
+    negative "pseudo" number that libseccomp translates per architecture.
+    """
+    return _seccomp_lib().seccomp_syscall_resolve_name(name.encode())
+
+
+def seccomp_rule_add(context, action: int, number: int,
+                     conditions: list[tuple[int, int, int, int]] = ()) -> None:
+    """Add a rule: `action` for system call `number` when all (arg, op, datum_a, datum_b) conditions hold."""
+    array = ffi.new("struct scmp_arg_cmp[]", [{"arg": a, "op": op, "datum_a": x, "datum_b": y}
+                                              for a, op, x, y in conditions] or 1)
+    _check_seccomp(_seccomp_lib().seccomp_rule_add_array(context, action, number, len(conditions), array),
+                   "seccomp_rule_add", hex(action), number, conditions)
+
+
+def seccomp_load(context) -> None:
+    """Compile the context to BPF and install it on the calling thread with seccomp(2)."""
+    _check_seccomp(_seccomp_lib().seccomp_load(context), "seccomp_load")
+
+
+def seccomp_export_pfc(context, fd: int) -> None:
+    """Write the filter as libseccomp's readable pseudo filter code to file descriptor `fd`."""
+    _check_seccomp(_seccomp_lib().seccomp_export_pfc(context, fd), "seccomp_export_pfc", fd)
+
+
+# --- the rootfs stage: more mount flags, and openat2(2) ---------------------------------------------
+# More <linux/mount.h> flags, for the mount options of OCI `mounts` entries ("sync", "noatime", ...).
+MS_SYNCHRONOUS = 16
+MS_DIRSYNC = 128
+MS_NOATIME = 1024
+MS_NODIRATIME = 2048
+MS_UNBINDABLE = 1 << 17
+MS_RELATIME = 1 << 21
+
+# openat2's `resolve` flags, from <linux/openat2.h>
+RESOLVE_NO_MAGICLINKS = 0x02  # do not follow /proc/PID/fd/N-style links
+RESOLVE_BENEATH = 0x08  # fail (EXDEV) where resolution would leave dirfd, rather than stay inside
+RESOLVE_IN_ROOT = 0x10  # resolve as if dirfd were "/": absolute symlinks and ".." stay inside it
+
+for _numbers in _SYSCALL_NUMBERS.values():
+    _numbers["openat2"] = 437  # the same on x86_64 and aarch64 (added in Linux 5.6)
+
+
+def openat2(dirfd: int, path: str, flags: int, mode: int = 0, resolve: int = 0) -> int:
+    """openat(2) with a path-resolution policy: with RESOLVE_IN_ROOT, `path` (and every symlink met on
+    the way) is resolved as if `dirfd` were the root directory, so it cannot lead outside it.
+
+    glibc has no wrapper; the arguments travel in a `struct open_how {u64 flags, mode, resolve}`.
+    """
+    number = _syscall_number("openat2")
+    how = ffi.new("uint64_t[3]", [flags, mode, resolve])
+    return _check(_libc.syscall(ffi.cast("long", number), ffi.cast("int", dirfd),
+                                ffi.new("char[]", _bytes(path)), how, ffi.cast("size_t", ffi.sizeof(how))),
+                  "openat2", dirfd, path, hex(resolve))

@@ -8,8 +8,9 @@ sends the master side to the controller over the channel (SCM_RIGHTS), which is 
 `exec`: stdin from /dev/null unless the container is interactive, stdout and stderr to a log if one
 was given, the working directory checked inside the new root, the executable looked up in the
 container's PATH, every descriptor of the engine closed, signal dispositions reset (Python ignores
-SIGPIPE, and an ignored signal stays ignored across execve), then execve. The lookup happens before
-anything irreversible so that a missing program is a clear error, not a dead container.
+SIGPIPE, and an ignored signal stays ignored across execve), the process settings applied (user,
+capabilities, no_new_privs, rlimits, the seccomp filter: see `process`), then execve. The lookup
+happens before anything irreversible so that a missing program is a clear error, not a dead container.
 
 `await_start`: the OCI create/start split. `create` builds everything, then this step answers,
 stops dying with its creator (PR_SET_PDEATHSIG 0: the creator is about to exit) and blocks opening
@@ -34,7 +35,7 @@ import termios
 
 from .. import syscalls as sc
 from ..errors import ContainerError, ExecutableNotFoundError
-from . import channel
+from . import channel, process
 from .spec import ContainerSpec
 
 # ioctls for the pseudo-terminal master (<asm-generic/ioctls.h>)
@@ -104,6 +105,7 @@ def execute(spec: ContainerSpec, path: str, keep: int | None) -> None:
         signal.signal(getattr(signal, name), signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
     close_descriptors_except({0, 1, 2, keep})  # no descriptor of the engine may leak in
+    process.apply(spec.process)  # user, capabilities, no_new_privs, rlimits, seccomp: runc's order
     try:
         os.execve(path, spec.command, spec.env)
     except OSError as e:

@@ -14,6 +14,7 @@ from pathlib import Path
 from ..cgroups import Limits
 from ..errors import InvalidArgumentError
 from ..image.store import Image
+from .docker_seccomp import docker_default_seccomp
 
 # Docker's default set for `docker run` on a cgroup v2 host; the user namespace comes with rootless.
 DEFAULT_NAMESPACES = ["uts", "ipc", "net", "cgroup", "mnt", "pid"]
@@ -113,11 +114,14 @@ def parse_env(pairs: list[str], base: dict[str, str] | None = None) -> dict[str,
 
 def spec_from_image(image: Image, *, id: str, name: str, directory: Path, command: list[str],
                     env: list[str] = (), hostname: str = "", tty: bool = False,
-                    interactive: bool = False, limits: Limits | None = None) -> ContainerSpec:
+                    interactive: bool = False, limits: Limits | None = None, mounts: list[Mount] = (),
+                    readonly_rootfs: bool = False) -> ContainerSpec:
     """Fill a spec from an image's configuration, the way `docker run` does.
 
     The command defaults to the image's Cmd; the environment is the image's Env, then PATH and
     HOSTNAME and HOME, then `-e` flags on top. The host name defaults to the short container id.
+    `mounts` (-v, --tmpfs) are made in their order; `readonly_rootfs` (--read-only) makes / read-only.
+    The process gets Docker's defaults: its capability set and its seccomp profile.
     """
     config = image.config
     base = dict(item.partition("=")[::2] for item in config.get("Env") or [])
@@ -131,4 +135,6 @@ def spec_from_image(image: Image, *, id: str, name: str, directory: Path, comman
         raise InvalidArgumentError(f"no command given and image {image.reference} has no default command")
     return ContainerSpec(id=id, name=name, image=image.reference, lowers=image.layers, directory=directory,
                          command=command, env=parse_env(list(env), base), cwd=config.get("WorkingDir") or "/",
-                         hostname=hostname, tty=tty, interactive=interactive, limits=limits or Limits())
+                         hostname=hostname, tty=tty, interactive=interactive, limits=limits or Limits(),
+                         mounts=list(mounts), readonly_rootfs=readonly_rootfs,
+                         process=ProcessSettings(seccomp=docker_default_seccomp()))
