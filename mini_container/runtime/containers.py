@@ -96,7 +96,7 @@ class ContainerStore:
                 record = json.loads(path.read_text())
             except (FileNotFoundError, json.JSONDecodeError):
                 continue  # being created or removed right now
-            if record["status"] == "running" and not _alive(record["pid"]):
+            if record["status"] == "running" and not process_alive(record["pid"]):
                 record["status"] = "exited"
             records.append(record)
         return sorted(records, key=lambda r: r["created"])
@@ -165,7 +165,7 @@ def wait_for_exit(pid: int | None, timeout: float) -> bool:
     A pidfd (pidfd_open(2)) becomes readable when its process exits: poll(2) on it waits without
     racing against pid reuse, which polling /proc/PID could not promise.
     """
-    if not _alive(pid):
+    if not process_alive(pid):
         return True
     try:
         pidfd = syscalls.pidfd_open(pid)
@@ -175,7 +175,7 @@ def wait_for_exit(pid: int | None, timeout: float) -> bool:
         poller = select.poll()
         poller.register(pidfd, select.POLLIN)
         deadline = time.monotonic() + timeout
-        while _alive(pid):
+        while process_alive(pid):
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
@@ -185,7 +185,8 @@ def wait_for_exit(pid: int | None, timeout: float) -> bool:
         os.close(pidfd)
 
 
-def _alive(pid: int | None) -> bool:
+def process_alive(pid: int | None) -> bool:
+    """True if process `pid` exists and is not a zombie."""
     if not pid:
         return False
     try:

@@ -53,6 +53,7 @@ class Lifecycle:
 
     def __init__(self, root: str | Path = DEFAULT_ROOT):
         self.root = Path(root)
+        self.terminals: dict[str, int] = {}  # terminal masters of containers created without a console socket
 
     # --- create and start -----------------------------------------------------------------------
     def create(self, spec: ContainerSpec, bundle: str | Path, annotations: dict | None = None,
@@ -77,8 +78,10 @@ class Lifecycle:
             try:
                 build.start()
                 build.run_all()
-                if build.terminal is not None:
+                if build.terminal is not None and console_socket is not None:
                     _send_console(build.terminal, console_socket)
+                elif build.terminal is not None:  # kept for this process (`run` in the foreground)
+                    self.terminals[spec.id] = os.dup(build.terminal)
                 state.update(status="created", pid=build.pid, start_time=_start_time(build.pid),
                              cgroup=build.cgroup.paths())
                 _write_json(directory / "state.json", state)
@@ -204,6 +207,17 @@ class Lifecycle:
             raise ContainerError(f"container {container_id} is {state['status']}, not {status}")
         return state
 
+    def busy(self, container_id: str) -> bool:
+        """True while another command holds the container's lock (a create in progress, say)."""
+        fd = os.open(self.root / container_id, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+
     @contextlib.contextmanager
     def _locked(self, container_id: str):
         try:
@@ -227,15 +241,11 @@ def _start_time(pid: int) -> int | None:
     return None if fields[0] == "Z" else int(fields[19])
 
 
-def _send_console(master: int, console_socket: str | Path | None) -> None:
+def _send_console(master: int, console_socket: str | Path) -> None:
     """Hand the terminal's master to whoever listens on the console socket (runc's protocol)."""
-    if console_socket is None:
-        os.close(master)
-        raise ContainerError("the container has a terminal but no --console-socket to send it to")
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.connect(str(console_socket))
         socket.send_fds(sock, [b"/dev/ptmx"], [master])
-    os.close(master)
 
 
 def _write_json(path: Path, data: dict) -> None:

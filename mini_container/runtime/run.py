@@ -58,7 +58,7 @@ def _supervise(store: ContainerStore, spec: ContainerSpec, remove: bool, foregro
                          cgroup=build.cgroup.paths())
             on_running()
             if build.terminal is not None:
-                _relay_terminal(build.terminal)
+                relay_terminal(build.terminal)
             code = build.wait()
     except ContainerError as e:
         code = e.exit_code
@@ -141,7 +141,7 @@ def _forwarding_signals(build: Stepper):
             signal.signal(sig, handler)
 
 
-def _relay_terminal(master: int) -> None:
+def relay_terminal(master: int) -> None:
     """Copy bytes between our stdin/stdout and the container's terminal until the container closes it."""
     interactive = os.isatty(0)
     saved = termios.tcgetattr(0) if interactive else None
