@@ -8,8 +8,8 @@ import re
 import time
 
 import pytest
-
 from helpers import minictl
+
 from mini_container import cgroups
 
 V2 = cgroups.detect().mode == "v2"
