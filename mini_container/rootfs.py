@@ -99,7 +99,7 @@ DEV_LINKS = {"fd": "/proc/self/fd", "stdin": "/proc/self/fd/0", "stdout": "/proc
 PSEUDO_FLAGS = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
 
 # mount(8) option words -> (flag, set or clear). Anything else is filesystem data ("size=64m").
-_FLAG_WORDS = {
+FLAG_WORDS = {
     "ro": (sc.MS_RDONLY, True), "rw": (sc.MS_RDONLY, False), "nosuid": (sc.MS_NOSUID, True),
     "suid": (sc.MS_NOSUID, False), "nodev": (sc.MS_NODEV, True), "dev": (sc.MS_NODEV, False),
     "noexec": (sc.MS_NOEXEC, True), "exec": (sc.MS_NOEXEC, False), "sync": (sc.MS_SYNCHRONOUS, True),
@@ -133,8 +133,8 @@ def parse_options(words: list[str]) -> MountOptions:
     """`["rbind", "ro", "rslave", "size=64m"]` -> flags, propagation changes and data, in order."""
     options, data = MountOptions(), []
     for word in words:
-        if word in _FLAG_WORDS:
-            flag, on = _FLAG_WORDS[word]
+        if word in FLAG_WORDS:
+            flag, on = FLAG_WORDS[word]
             options.flags = options.flags | flag if on else options.flags & ~flag
         elif word in PROPAGATION_WORDS:
             options.propagation.append(PROPAGATION_WORDS[word])

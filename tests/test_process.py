@@ -105,11 +105,13 @@ def test_unknown_capability_is_a_clear_error():
         caps.resolve({"bonding": []})
 
 
-def test_effective_and_ambient_must_be_within_what_the_kernel_allows():
+def test_effective_must_be_within_permitted_and_ambient_is_clamped_as_runc_does():
     with pytest.raises(InvalidArgumentError, match=r"effective: CAP_KILL must also be in permitted"):
         caps.resolve({"effective": ["CAP_KILL"], "permitted": []})
-    with pytest.raises(InvalidArgumentError, match=r"ambient: CAP_KILL must also be in both permitted and"):
-        caps.resolve({"permitted": ["CAP_KILL"], "ambient": ["CAP_KILL"]})
+    kill = caps.CAPABILITIES["CAP_KILL"]
+    assert caps.resolve({"permitted": ["CAP_KILL"], "ambient": ["CAP_KILL"]}).ambient == 0
+    both = {"permitted": ["CAP_KILL"], "inheritable": ["CAP_KILL"], "ambient": ["CAP_KILL"]}
+    assert caps.resolve(both).ambient == 1 << kill
 
 
 # --- user, capabilities, no_new_privs, rlimits, OOM score, umask ------------------------------------

@@ -98,9 +98,9 @@ def resolve(sets: dict[str, list[str]] | None) -> CapabilitySets:
     """Check OCI's `process.capabilities` (None: Docker's defaults) and turn it into masks.
 
     A missing set is empty, as in runc. The kernel would refuse an effective capability outside
-    permitted, an ambient one outside permitted and inheritable, or one it does not know: those are
-    errors here, with names. (Reading cap_last_cap now also means no file is opened later, when the
-    rlimits may already forbid it.)
+    permitted, or one it does not know: those are errors here, with names. An ambient one outside
+    permitted and inheritable is left out, as runc does. (Reading cap_last_cap now also means no
+    file is opened later, when the rlimits may already forbid it.)
     """
     sets = docker_default_sets() if sets is None else sets
     unknown = set(sets) - set(SETS)
@@ -112,15 +112,14 @@ def resolve(sets: dict[str, list[str]] | None) -> CapabilitySets:
     if too_new:
         raise InvalidArgumentError(f"process.capabilities: {', '.join(names(too_new))} is newer than this "
                                    f"kernel (its last capability is number {last_cap()})")
-    resolved = CapabilitySets(**masks)
-    for kind, ceiling, within in (("effective", resolved.permitted, "permitted"),
-                                  ("ambient", resolved.permitted & resolved.inheritable,
-                                   "both permitted and inheritable")):
-        outside = masks[kind] & ~ceiling
-        if outside:
-            raise InvalidArgumentError(f"process.capabilities.{kind}: {', '.join(names(outside))} must also "
-                                       f"be in {within} (the kernel refuses it otherwise)")
-    return resolved
+    outside = masks["effective"] & ~masks["permitted"]
+    if outside:
+        raise InvalidArgumentError(f"process.capabilities.effective: {', '.join(names(outside))} must also "
+                                   f"be in permitted (the kernel refuses it otherwise)")
+    # An ambient capability outside permitted and inheritable cannot be raised; runc skips it with a
+    # warning, and `runc spec`'s own default asks for three of them with no inheritable set at all.
+    masks["ambient"] &= masks["permitted"] & masks["inheritable"]
+    return CapabilitySets(**masks)
 
 
 @functools.cache

@@ -44,8 +44,8 @@ from ..errors import InvalidArgumentError
 from .oci_validate import InvalidConfigError, is_bind, validate
 from .spec import ContainerSpec, Mount, ProcessSettings
 
-__all__ = ["InvalidConfigError", "default_config", "load_config", "namespace_paths", "spec_from_config",
-           "validate"]
+__all__ = ["InvalidConfigError", "default_config", "limits_from_resources", "load_config", "namespace_paths",
+           "spec_from_config", "validate"]
 
 OCI_VERSION = "1.0.2-dev"  # what Debian's runc 1.1.5 writes
 # The OCI name of each namespace and the engine's (the name of its /proc/PID/ns file).
@@ -181,7 +181,7 @@ def spec_from_config(config: dict, bundle: Path, container_id: str, directory: P
         namespaces=[NAMESPACE_KINDS[ns["type"]] for ns in linux.get("namespaces", [])],
         tty=process.get("terminal", False),
         interactive=True,  # runc hands its own stdin to the container; it never substitutes /dev/null
-        limits=_limits(linux.get("resources", {})),
+        limits=limits_from_resources(linux.get("resources", {})),
         root_path=root,
         readonly_rootfs=config["root"].get("readonly", False),
         mounts=[_mount(mount, bundle) for mount in config.get("mounts", [])],
@@ -216,7 +216,7 @@ def _process_settings(process: dict, linux: dict) -> ProcessSettings:
     )
 
 
-def _limits(resources: dict) -> Limits:
+def limits_from_resources(resources: dict) -> Limits:
     """linux.resources -> Limits. 0 and -1 mean "not set" or "unlimited": both become None."""
     memory, cpu = resources.get("memory", {}), resources.get("cpu", {})
     limit, swap = memory.get("limit", 0), memory.get("swap", 0)
