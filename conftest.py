@@ -3,10 +3,15 @@
 Every test runs as root on the real kernel and must leave nothing behind. The session uses a private
 engine root, made here with the busybox image in it and exported as $MINI_CONTAINER_ROOT (the
 notebooks' kernels inherit it), and removed at the end with all it holds.
+
+The whole session also runs in a network namespace of its own, with only a loopback device: the
+bridges, veths, NAT rules and ip_forward settings that containers get are made there, and every
+packet the tests send stays on this machine. The host's own network is never touched.
 """
 
 import os
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -20,8 +25,12 @@ def pytest_configure(config):
     global _ENGINE_ROOT
     if os.geteuid() != 0:
         raise pytest.UsageError("the mini-container tests run on the real kernel as root: run them with sudo")
+    from mini_container import namespaces
     from mini_container.image.bootstrap import bootstrap_busybox
     from mini_container.image.store import ImageStore
+
+    namespaces.unshare(["net"])
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
 
     _ENGINE_ROOT = Path(tempfile.mkdtemp(prefix="mini-container-tests-"))
     os.environ["MINI_CONTAINER_ROOT"] = str(_ENGINE_ROOT)

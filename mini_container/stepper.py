@@ -63,6 +63,7 @@ class Stepper:
         self.terminal: int | None = None  # the master side of the container's terminal, with tty
         self.snapshot: dict | None = None
         self.cgroup: Cgroup | None = None  # made by the cgroup step, destroyed by close()
+        self.network = None  # the network step's attachment, detached by close()
         self.exit_code: int | None = None
         self._sock = None
 
@@ -141,6 +142,8 @@ class Stepper:
         kept = PARENT_STEPS[step.name](self.spec, self.pid)
         if step.name == "cgroup":
             self.cgroup = kept
+        elif step.name == "network" and self.spec.network == "bridge":  # "none" leaves nothing to undo
+            self.network = kept
 
     def _snapshot_after(self, step: Step) -> dict:
         try:
@@ -162,7 +165,7 @@ class Stepper:
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Send `sig` to the container's pid 1 (or the child, before it forked)."""
-        if self.exit_code is None and self.pid is not None:
+        if self.exit_code is None and self.pid is not None and self.pid > 0:  # never kill(0): the group
             try:
                 os.kill(self.pid, sig)
             except ProcessLookupError:
@@ -177,6 +180,11 @@ class Stepper:
             self.cgroup.kill()  # what pid 1 left: its namespace is gone, but a setns'd exec may linger
             self.cgroup.destroy()
             self.cgroup = None
+        if self.network is not None:
+            from . import network
+
+            network.detach(self.spec.id, self.spec.network_dir)
+            self.network = None
         self._close_channel()
         if self.terminal is not None:
             os.close(self.terminal)
@@ -191,7 +199,7 @@ class Stepper:
         self._close_channel()
         if self.terminal is not None:
             os.close(self.terminal)
-        self.waitable = self.terminal = self.cgroup = None
+        self.waitable = self.terminal = self.cgroup = self.network = None
 
     def _close_channel(self) -> None:
         if self._sock is not None:

@@ -67,15 +67,44 @@ def test_pid_1_and_only_the_containers_processes(engine_root):
 
 
 def test_every_requested_namespace_differs_from_the_host(engine_root):
-    kinds = ["uts", "ipc", "net", "mnt", "pid"]
+    kinds = ["uts", "ipc", "net", "mnt", "pid", "cgroup"]
     script = "; ".join(f"readlink /proc/self/ns/{k}" for k in kinds + ["user"])
     inside = run(engine_root, "busybox", "sh", "-c", script).stdout.split()
     host = [os.readlink(f"/proc/self/ns/{k}") for k in kinds + ["user"]]
-    assert [a != b for a, b in zip(inside, host, strict=True)] == [True] * 5 + [False]
+    assert [a != b for a, b in zip(inside, host, strict=True)] == [True] * 6 + [False]
 
 
-def test_network_namespace_holds_only_loopback(engine_root):
-    assert run(engine_root, "busybox", "ls", "/sys/class/net").stdout.split() == ["lo"]
+def test_network_none_holds_only_loopback_and_it_is_up(engine_root):
+    result = run(engine_root, "--network", "none", "busybox", "sh", "-c", "ls /sys/class/net; ip route")
+    assert result.stdout.split() == ["lo"]
+    assert "127.0.0.1" in run(engine_root, "--network", "none", "busybox", "ip", "addr").stdout
+
+
+def test_bridge_network_by_default_with_a_published_port_and_names(engine_root):
+    """The session's own network namespace (conftest.py) stands in for the host: nothing leaves it."""
+    server = minictl(engine_root, "run", "-d", "--name", "web", "-p", "8080:80", "busybox", "sh", "-c",
+                     "echo hello > /tmp/index.html; httpd -f -p 80 -h /tmp")
+    assert server.returncode == 0, server.stderr
+    try:
+        client = run(engine_root, "busybox", "sh", "-c", "ls /sys/class/net; ip route; "
+                     "wget -qO- http://web/index.html")
+        assert client.stdout.split()[:2] == ["eth0", "lo"] and "default via 10.88.0.1" in client.stdout
+        assert client.stdout.endswith("hello\n")
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", 8080), timeout=2) as conn:
+                    conn.sendall(b"GET /index.html HTTP/1.0\r\n\r\n")
+                    assert conn.makefile("rb").read().endswith(b"hello\n")
+                break
+            except ConnectionRefusedError:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+    finally:
+        assert minictl(engine_root, "rm", "-f", "web").returncode == 0
+    with open("/proc/self/net/dev") as f:  # (not /sys/class/net: sysfs shows the namespace it was mounted in)
+        links = [line.split(":")[0].strip() for line in f.readlines()[2:]]
+    assert "mini0" not in links and not [link for link in links if link.startswith("veth")]
 
 
 def test_root_is_the_image_and_proc_is_the_containers(engine_root):

@@ -8,6 +8,7 @@
     minictl logs [-f] NAME                    what a detached container wrote
     minictl stats [--no-stream]               live usage, like docker stats
     minictl ns PID|NAME [KIND...]             namespaces of a process or container next to the host's
+    minictl gc                                remove what crashed runs left (cgroups, records, networks)
 
 Each module of this package adds its own subcommands (`images`: image commands, `containers`:
 container commands). A mistake a user can make ends with one line on stderr and a non-zero exit code,
@@ -23,7 +24,7 @@ import sys
 
 from ..errors import ContainerError, NotRootError
 from ..locations import engine_root
-from . import containers, images, registry
+from . import containers, images, maintenance, registry
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,4 +50,5 @@ def parser() -> argparse.ArgumentParser:
     images.register(commands)
     containers.register(commands)
     registry.register(commands)
+    maintenance.register(commands)
     return top

@@ -8,13 +8,14 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 
 from .. import namespaces, rootfs
 from ..errors import ContainerError, InvalidArgumentError
 from ..image.store import ImageStore
 from ..runtime.containers import ContainerStore
 from ..runtime.run import run
-from ..runtime.spec import Mount
+from ..runtime.spec import Mount, set_network
 from . import flags, stats
 from .table import print_table
 
@@ -35,6 +36,10 @@ def register(commands) -> None:
     runner.add_argument("--tmpfs", action="append", default=[], metavar="CTR[:OPTIONS]",
                         help="mount a tmpfs in the container, e.g. /tmp:size=64m,mode=1777")
     runner.add_argument("--read-only", action="store_true", help="mount the container's root read-only")
+    runner.add_argument("--network", default="bridge", metavar="MODE",
+                        help="bridge (default), none, host, or container:NAME")
+    runner.add_argument("-p", "--publish", action="append", default=[], metavar="[IP:]HOST:CTR[/PROTO]",
+                        help="publish a container's port on the host (bridge network)")
     flags.add_limit_flags(runner)
     runner.add_argument("image")
     runner.add_argument("command", nargs=argparse.REMAINDER, help="the command (default: the image's)")
@@ -81,11 +86,15 @@ def _run(args) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     limits = flags.limits_from_flags(args)  # bad flags are refused before anything is created
     mounts = mounts_from_flags(args.volume, args.tmpfs)
+    mode, joined = _network_flags(args)
     image = ImageStore(args.root).get(args.image)
     containers = ContainerStore(args.root)
     spec = containers.create(image, command, name=args.name, env=args.env, hostname=args.hostname,
                              tty=args.tty, interactive=args.interactive, limits=limits, mounts=mounts,
                              readonly_rootfs=args.read_only)
+    set_network(spec, mode, args.publish, Path(args.root) / "network",
+                joined_directory=containers.dir / joined["id"] if joined else None,
+                joined_pid=joined["pid"] if joined else None)
     try:
         code = run(containers, spec, remove=args.rm, detach=args.detach)
     except ContainerError:
@@ -95,6 +104,28 @@ def _run(args) -> int:
     if args.detach:
         print(spec.id)
     return code
+
+
+def _network_flags(args) -> tuple[str, dict | None]:
+    """--network and -p, checked before anything is made: the mode, and the record of a joined container."""
+    kind, _, target = args.network.partition(":")
+    if kind not in ("bridge", "none", "host", "container") or bool(target) != (kind == "container"):
+        raise InvalidArgumentError(f"unknown network mode {args.network!r}: use bridge, none, host or "
+                                   "container:NAME")
+    if args.publish:
+        if kind != "bridge":
+            raise InvalidArgumentError(f"cannot publish ports with --network {args.network}: published ports "
+                                       "go through the bridge")
+        from ..network import parse_publish  # pyroute2 is slow to import: only when it is needed
+
+        for text in args.publish:
+            parse_publish(text)
+    joined = None
+    if kind == "container":
+        joined = ContainerStore(args.root).get(target)
+        if joined["status"] != "running":
+            raise ContainerError(f"cannot join the network of container {target}: it is not running")
+    return kind, joined
 
 
 def mounts_from_flags(volumes: list[str], tmpfs: list[str]) -> list[Mount]:

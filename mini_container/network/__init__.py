@@ -58,7 +58,10 @@ pass prerouting; a drop in another firewall table wins over an accept in ours (`
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
+import functools
 import hashlib
 import ipaddress
 import os
@@ -130,6 +133,24 @@ def join(pid: int) -> None:
         os.close(fd)
 
 
+def _outside_event_loop(function):
+    """Run `function` in a thread of its own when the caller's thread runs an asyncio event loop.
+
+    pyroute2 drives its netlink sockets with asyncio and cannot start inside a running loop, which
+    is where a Jupyter kernel runs the notebook's code. A plain thread has no loop of its own.
+    """
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return function(*args, **kwargs)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            return pool.submit(function, *args, **kwargs).result()
+    return wrapper
+
+
+@_outside_event_loop
 def attach(container_id: str, pid: int, mode: str = "bridge", publish: Iterable[str | PortMapping] = (), *,
            state_dir: Path | str, name: str | None = None, hostname: str | None = None,
            files_dir: Path | str | None = None, bridge: str = DEFAULT_BRIDGE,
@@ -173,6 +194,7 @@ def attach(container_id: str, pid: int, mode: str = "bridge", publish: Iterable[
     return attachment
 
 
+@_outside_event_loop
 def detach(container_id: str, state_dir: Path | str) -> None:
     """Undo `attach`: the veth, the lease, the container's rules; the bridge and table with the last one.
 
@@ -187,6 +209,7 @@ def detach(container_id: str, state_dir: Path | str) -> None:
             _unplug(store, lease)
 
 
+@_outside_event_loop
 def prune(state_dir: Path | str) -> list[str]:
     """Remove what the engine made for containers that are gone: after a crash, or what `minictl gc` does.
 
@@ -223,6 +246,7 @@ def prune(state_dir: Path | str) -> list[str]:
     return removed
 
 
+@_outside_event_loop
 def observe(pid: int) -> dict[str, Any]:
     """Links, addresses and routes inside the network namespace of `pid`, and the host end of its veth.
 

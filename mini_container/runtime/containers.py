@@ -41,7 +41,7 @@ class ContainerStore:
         self.dir = Path(root) / "containers"
 
     @contextlib.contextmanager
-    def _locked(self):
+    def locked(self):
         self.dir.mkdir(parents=True, exist_ok=True)
         with open(self.dir / ".lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
@@ -53,7 +53,7 @@ class ContainerStore:
         name = name or container_id[:12]
         if not set(name) <= _NAME_CHARS or name[0] in ".-":
             raise InvalidArgumentError(f"invalid container name {name!r}: use letters, digits, '_', '.', '-'")
-        with self._locked():
+        with self.locked():
             if any(record["name"] == name for record in self.list()):
                 raise ContainerError(f"the container name {name!r} is already in use: "
                                      f"remove it with 'minictl rm {name}' or choose another --name")
@@ -64,7 +64,7 @@ class ContainerStore:
             self._write(directory, {"id": container_id, "name": name, "image": image.reference,
                                     "command": spec.command, "created": time.time(), "status": "created",
                                     "pid": None, "exit_code": None, "started": None, "finished": None,
-                                    "cgroup": None, "monitor": None})
+                                    "cgroup": None, "monitor": os.getpid()})
         return spec
 
     def update(self, container_id: str, **fields) -> None:
@@ -107,8 +107,7 @@ class ContainerStore:
         if record["status"] == "running":
             if not force:
                 raise ContainerError(f"container {record['name']} is running: stop it first, or use rm -f")
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(record["pid"], signal.SIGKILL)
+            kill_pid(record["pid"], signal.SIGKILL)
             # the process that started it records the exit and removes the cgroup: let it finish
             wait_for_exit(record.get("monitor"), timeout=10)
         shutil.rmtree(self.dir / record["id"], ignore_errors=True)
@@ -134,8 +133,7 @@ class ContainerStore:
         record = self.get(name_or_id)
         if record["status"] != "running":
             raise ContainerError(f"container {record['name']} is not running")
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(record["pid"], signum)
+        kill_pid(record["pid"], signum)
         return record
 
     def cgroup(self, name_or_id: str) -> cgroups.Cgroup:
@@ -157,6 +155,18 @@ class ContainerStore:
         except FileNotFoundError:
             raise ContainerNotFoundError(f"no such container: {record['id']} (removed)") from None
         os.replace(tmp, directory / "container.json")
+
+
+def kill_pid(pid: int | None, signum: int) -> None:
+    """Send `signum` to process `pid`, if it still exists.
+
+    Never to a pid of 0 or less: kill(2) reads 0 as "my whole process group" and -1 as "every
+    process I may signal", so a record that lost its pid must not become a massacre.
+    """
+    if pid is None or pid <= 0:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signum)
 
 
 def wait_for_exit(pid: int | None, timeout: float) -> bool:

@@ -40,7 +40,7 @@ from pathlib import Path
 from .. import cgroups
 from ..errors import ContainerError, ContainerNotFoundError, InvalidArgumentError
 from ..stepper import Stepper
-from .containers import wait_for_exit
+from .containers import kill_pid, wait_for_exit
 from .spec import ContainerSpec
 
 DEFAULT_ROOT = Path("/run/mini-container")
@@ -156,10 +156,9 @@ class Lifecycle:
             raise ContainerError(f"container {container_id} is {state['status']}: nothing to signal")
         if all_processes:
             for pid in self.cgroup(state).procs():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signum)
+                kill_pid(pid, signum)
         else:
-            os.kill(state["pid"], signum)
+            kill_pid(state["pid"], signum)
 
     def pause(self, container_id: str) -> None:
         """Freeze every process of a running container (cgroup freezer)."""
@@ -186,8 +185,7 @@ class Lifecycle:
                 raise ContainerError(f"cannot delete container {container_id} that is not stopped: "
                                      f"{state['status']} (use --force)")
             if state["status"] != "stopped":
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(state["pid"], signal.SIGKILL)
+                kill_pid(state["pid"], signal.SIGKILL)
                 wait_for_exit(state["pid"], timeout=10)
             with contextlib.suppress(ChildProcessError):  # reap it, if it is ours (we are its subreaper)
                 os.waitpid(state["pid"], os.WNOHANG)

@@ -83,6 +83,12 @@ class ContainerSpec:
     sysctls: dict[str, str] = field(default_factory=dict)
     process: ProcessSettings = field(default_factory=ProcessSettings)
     exec_fifo: Path | None = None  # OCI create: wait on this FIFO for `start` before execve
+    # Networking (the network stage): "none" (lo up: what runc does), "bridge", "host" or "container"
+    # (then `network_join_pid` is the pid whose network namespace to join); `publish` as -p gives it.
+    network: str = "none"
+    publish: list[str] = field(default_factory=list)
+    network_dir: Path | None = None  # the network stage's state (leases, the nft table's record)
+    network_join_pid: int | None = None
     exit_code: int | None = field(default=None, init=False)
 
     @property
@@ -138,3 +144,27 @@ def spec_from_image(image: Image, *, id: str, name: str, directory: Path, comman
                          hostname=hostname, tty=tty, interactive=interactive, limits=limits or Limits(),
                          mounts=list(mounts), readonly_rootfs=readonly_rootfs,
                          process=ProcessSettings(seccomp=docker_default_seccomp()))
+
+
+NETWORK_FILES = ("hosts", "hostname", "resolv.conf")
+
+
+def set_network(spec: ContainerSpec, mode: str, publish: list[str], network_dir: Path,
+                joined_directory: Path | None = None, joined_pid: int | None = None) -> None:
+    """Give `spec` docker's networking: a `--network` mode, published ports, and /etc files.
+
+    bridge and none: a network namespace of its own, and /etc/hosts, /etc/hostname and
+    /etc/resolv.conf written by the network stage in the container's directory, bind-mounted in.
+    host: the host's network namespace (no net namespace at all). container: the network namespace
+    and the /etc files of the container in `joined_directory`, whose pid 1 is `joined_pid`.
+    """
+    spec.network, spec.publish, spec.network_dir = mode, list(publish), network_dir
+    if mode in ("host", "container"):
+        spec.namespaces = [kind for kind in spec.namespaces if kind != "net"]
+    if mode == "host":
+        return
+    files_dir = (joined_directory or spec.directory) / "network"
+    if mode == "container":
+        spec.network_join_pid = joined_pid
+    spec.mounts = [Mount(f"/etc/{name}", "bind", str(files_dir / name), ["rbind", "rprivate"])
+                   for name in NETWORK_FILES] + spec.mounts

@@ -49,6 +49,8 @@ _TITLES = {
     "ipc": "unshare(CLONE_NEWIPC): System V IPC objects and POSIX message queues of its own",
     "net": "unshare(CLONE_NEWNET): a network stack of its own, holding only a loopback device",
     "cgroup": "mkdir a cgroup, write its limits, write the child's pid to cgroup.procs",
+    "netjoin": "setns(/proc/PID/ns/net): share another container's network namespace",
+    "network": "a veth pair, one end moved into the container as eth0, an address, a route, NAT",
     "cgroupns": "unshare(CLONE_NEWCGROUP): its own cgroup becomes the root it sees",
     "mnt": "unshare(CLONE_NEWNS) and mount --make-rprivate /: a mount table of its own",
     "pid": "unshare(CLONE_NEWPID) and fork(): the child is pid 1 of a new pid namespace",
@@ -78,8 +80,12 @@ def plan(spec: ContainerSpec) -> list[Step]:
     names = [kind for kind in ("uts", "ipc", "net") if kind in spec.namespaces]
     if "uts" in names:
         names.insert(names.index("uts") + 1, "hostname")
+    if spec.network == "container":
+        names.append("netjoin")
     names += [kind for kind in ("mnt", "pid") if kind in spec.namespaces]
     names.append("cgroup")
+    if spec.network in ("none", "bridge") and "net" in spec.namespaces:
+        names.append("network")
     if "cgroup" in spec.namespaces:
         names.append("cgroupns")
     names += ["bundle_root" if spec.root_path else "rootfs", "proc", "sys", "cgroupfs", "dev", "mqueue"]
@@ -110,7 +116,17 @@ def _place_in_cgroup(spec: ContainerSpec, pid: int) -> cgroups.Cgroup:
     return cgroup
 
 
-PARENT_STEPS: dict[str, Callable[[ContainerSpec, int], object]] = {"cgroup": _place_in_cgroup}
+def _attach_network(spec: ContainerSpec, pid: int) -> object:
+    """Connect pid 1's network namespace: lo up ("none"), or a veth on the bridge with NAT ("bridge")."""
+    from .. import network  # pyroute2 is slow to import: only containers with a network pay for it
+
+    return network.attach(spec.id, pid, spec.network, spec.publish, state_dir=spec.network_dir,
+                          name=spec.name, hostname=spec.hostname, files_dir=spec.directory / "network")
+
+
+PARENT_STEPS: dict[str, Callable[[ContainerSpec, int], object]] = {
+    "cgroup": _place_in_cgroup, "network": _attach_network,
+}
 
 
 def cgroup_mounts(layout: cgroups.Layout) -> list[tuple[str, str, str | None]]:
@@ -137,6 +153,13 @@ def _unshare(kind: str) -> Callable[[ContainerSpec, socket.socket], dict]:
 
 def _hostname(spec: ContainerSpec, sock: socket.socket) -> dict:
     sc.sethostname(spec.hostname)
+    return {}
+
+
+def _netjoin(spec: ContainerSpec, sock: socket.socket) -> dict:
+    from .. import network
+
+    network.join(spec.network_join_pid)
     return {}
 
 
@@ -257,7 +280,8 @@ def _readonly_root(spec: ContainerSpec, sock: socket.socket) -> dict:
 
 CHILD_STEPS: dict[str, Callable[[ContainerSpec, socket.socket], dict | None]] = {
     "uts": _unshare("uts"), "ipc": _unshare("ipc"), "net": _unshare("net"), "cgroupns": _unshare("cgroup"),
-    "hostname": _hostname, "mnt": _mnt, "pid": _pid, "rootfs": _rootfs, "bundle_root": _bundle_root,
+    "hostname": _hostname, "netjoin": _netjoin, "mnt": _mnt, "pid": _pid, "rootfs": _rootfs,
+    "bundle_root": _bundle_root,
     "proc": _proc, "sys": _sys, "cgroupfs": _cgroupfs, "dev": _dev, "mqueue": _mqueue, "mounts": _mounts,
     "pivot_root": _pivot_root, "move_root": _move_root, "sysctl": _sysctl, "readonly_paths": _readonly_paths,
     "masked_paths": _masked_paths, "readonly_root": _readonly_root, "terminal": execution.terminal,
