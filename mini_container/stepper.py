@@ -26,8 +26,8 @@ import os
 import signal
 from dataclasses import dataclass, field
 
+from . import cgroups, syscalls
 from . import observe as observe_
-from . import syscalls
 from .cgroups import Cgroup
 from .errors import ContainerError, ExecutableNotFoundError
 from .runtime import channel, child
@@ -44,6 +44,7 @@ class StepResult:
     pid: int
     diff: list[dict] = field(default_factory=list)
     snapshot: dict | None = None
+    details: dict | None = None  # what the step made, seen by its stage: a cgroup's paths, limits, usage
 
     @property
     def text(self) -> str:
@@ -108,6 +109,8 @@ class Stepper:
             after = self._snapshot_after(step)
             result.diff = observe_.diff(self.snapshot, after)
             result.snapshot = self.snapshot = after
+            if step.name == "cgroup":
+                result.details = cgroups.observe(self.pid)
         return result
 
     def run_all(self) -> None:

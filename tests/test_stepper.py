@@ -56,6 +56,10 @@ def test_each_step_names_its_change(make_spec):
     assert [link["name"] for link in seen["net"].snapshot["network"]] == ["lo"]
     assert seen["pid"].pid != first_pid and "process 1 (" in _texts(seen["pid"])
     assert "mounted overlay on " in _texts(seen["rootfs"])
+    cgroup = seen["cgroup"].details  # the cgroup step's details: where, which limits, what usage
+    assert all(path.endswith(f"mini-container/{spec.id}") for path in cgroup["directories"].values())
+    assert cgroup["usage"]["pids_current"] == 1 and "memory_max" in cgroup["limits"]
+    assert any(f"mini-container/{spec.id}" in change["text"] for change in seen["cgroup"].diff)
     assert "mounted proc on " in _texts(seen["proc"])
     assert "mounted sysfs on " in _texts(seen["sys"])
     assert "mounted devpts on " in _texts(seen["dev"])
