@@ -81,6 +81,18 @@ def register(commands) -> None:
     ns.add_argument("kinds", nargs="*", metavar="KIND", help="pid, net, mnt, uts, ipc, user, cgroup, time")
     ns.set_defaults(handler=_ns)
 
+    execute = commands.add_parser("exec", help="run a command in a running container")
+    execute.add_argument("-i", "--interactive", action="store_true", help="keep stdin attached")
+    execute.add_argument("-t", "--tty", action="store_true", help="give the command a terminal")
+    execute.add_argument("-e", "--env", action="append", default=[], metavar="KEY[=VALUE]",
+                         help="set an environment variable (on top of the container's)")
+    execute.add_argument("-u", "--user", metavar="USER[:GROUP]",
+                         help="names or ids, looked up in the container's /etc/passwd and /etc/group")
+    execute.add_argument("-w", "--workdir", help="the working directory inside the container (absolute)")
+    execute.add_argument("container", metavar="NAME")
+    execute.add_argument("command", nargs=argparse.REMAINDER, help="the command and its arguments")
+    execute.set_defaults(handler=_exec)
+
 
 def _run(args) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -271,3 +283,20 @@ def _ns(args) -> None:
     for kind in kinds:
         c = compared[kind]
         print(f"{kind:<8} {c.inode:>12} {c.host_inode:>12}  {'no' if c.shared else 'yes'}")
+
+
+def _exec(args) -> int:
+    """docker exec: the command's exit code; a refusal (no such container, not running) exits 1, as
+    docker's does, and a command that cannot start 126 (127 if it does not exist)."""
+    from ..runtime import exec_into  # it brings the OCI modules: imported only when needed, as `run` is timed
+
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    store = ContainerStore(args.root)
+    try:
+        record, target = exec_into.running_record(store, args.container)
+        process = exec_into.process_from_record(record, store.dir / record["id"], command, env=args.env,
+                                                cwd=args.workdir, tty=args.tty, interactive=args.interactive)
+    except ContainerError as e:
+        e.exit_code = 1
+        raise
+    return exec_into.exec_into(target, process, user=args.user)

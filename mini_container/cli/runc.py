@@ -30,7 +30,7 @@ from pathlib import Path
 
 from ..errors import ContainerError
 from ..rootfs import FLAG_WORDS, PROPAGATION_WORDS
-from ..runtime import oci
+from ..runtime import exec_into, oci
 from ..runtime.capabilities import CAPABILITIES
 from ..runtime.lifecycle import DEFAULT_ROOT, Lifecycle
 from ..runtime.run import relay_terminal
@@ -101,6 +101,16 @@ def parser() -> argparse.ArgumentParser:
             sub.add_argument("-d", "--detach", action="store_true", help="do not wait for the container")
             sub.add_argument("--keep", action="store_true", help="do not delete the container after it exits")
     command("start", _start, "start a created container")
+    execute = command("exec", _exec, "run a new process inside a created or running container")
+    execute.add_argument("-p", "--process", help="an OCI process.json: the whole process to run")
+    execute.add_argument("-d", "--detach", action="store_true", help="do not wait for the process")
+    execute.add_argument("--pid-file", help="write the process's host pid to this file")
+    execute.add_argument("--console-socket", help="send the terminal's master to this unix socket")
+    execute.add_argument("-t", "--tty", action="store_true", help="give the process a terminal")
+    execute.add_argument("-e", "--env", action="append", default=[], help="add KEY=VALUE to the environment")
+    execute.add_argument("--cwd", help="the working directory inside the container")
+    execute.add_argument("-u", "--user", help="UID[:GID] (numbers: names would be the host's)")
+    execute.add_argument("command", nargs=argparse.REMAINDER, help="the command (unless --process)")
     command("state", _state, "print the state of a container as JSON")
     kill = command("kill", _kill, "send a signal to a container's pid 1")
     kill.add_argument("signal", nargs="?", default="SIGTERM")
@@ -155,6 +165,25 @@ def _run(args, runtime: Lifecycle) -> int:
     if not args.keep:
         runtime.delete(args.id, force=True)
     return code if code >= 0 else 128 - code
+
+
+def _exec(args, runtime: Lifecycle) -> int:
+    """runc exec: without --detach, the process's exit code. Every error is logged as "exec failed: ..."
+    and exits 255, as runc's do; the tty and console-socket rules are runc's."""
+    try:
+        state, target = exec_into.running_state(runtime, args.id)
+        process = exec_into.process_from_config(state, runtime.root / args.id, args.process, args.command,
+                                                args.env, args.cwd, args.user, args.tty)
+        if args.detach and process.tty and args.console_socket is None:
+            raise ContainerError("cannot allocate tty if mini-runc will detach without setting console "
+                                 "socket")
+        if args.console_socket is not None and not (args.detach and process.tty):
+            raise ContainerError("cannot use console socket if mini-runc will not detach or allocate tty")
+        return exec_into.exec_into(target, process, detach=args.detach, console_socket=args.console_socket,
+                                   pid_file=args.pid_file)
+    except ContainerError as e:
+        Log(args.log, args.log_format, args.debug).write("error", f"exec failed: {e}")
+        return 255
 
 
 def _start(args, runtime: Lifecycle) -> None:

@@ -55,7 +55,8 @@ def _supervise(store: ContainerStore, spec: ContainerSpec, remove: bool, foregro
             build.start()
             build.run_all()
             store.update(spec.id, status="running", pid=build.pid, monitor=os.getpid(), started=time.time(),
-                         cgroup=build.cgroup.paths())
+                         cgroup=build.cgroup.paths(),
+                         process={"env": spec.env, "cwd": spec.cwd, "settings": vars(spec.process)})
             on_running()
             if build.terminal is not None:
                 relay_terminal(build.terminal)
