@@ -6,6 +6,10 @@
                                          and each layer's ChainID, blob, size and directory
     minictl rmi [-f] IMAGE...            remove names; an image with no name left is deleted (also: image rm)
     minictl image prune                  delete untagged images, and layers and blobs no image uses
+    minictl load [-i FILE]               images from a docker-save tar or an OCI layout (a directory or a
+                                         tar; gzip or zstd); stdin by default (also: image load)
+    minictl save [-o FILE] IMAGE...      a tar that docker load and skopeo read; stdout by default
+                                         (also: image save)
 
 Long steps (a debootstrap, an unpack) show their progress on stderr, only when stderr is a terminal.
 """
@@ -19,7 +23,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from ..errors import ContainerError
+from ..errors import ContainerError, InvalidArgumentError
+from ..image import archive
 from ..image.bootstrap import bootstrap_busybox, bootstrap_debian
 from ..image.store import Image, ImageStore, Progress
 from ..runtime.containers import ContainerStore
@@ -52,6 +57,18 @@ def register(commands) -> None:
         parser.set_defaults(handler=_rmi)
     prune = image_commands.add_parser("prune", help="delete untagged images, unused layers and blobs")
     prune.set_defaults(handler=_prune)
+    load_help, save_help = "load images from a docker-save tar or an OCI layout", "save images to a tar"
+    for parser in (commands.add_parser("load", help=load_help),
+                   image_commands.add_parser("load", help=load_help)):
+        parser.add_argument("-i", "--input", default="-",
+                            help="a docker-save tar, an OCI layout directory or a tar of one, possibly "
+                                 "gzip- or zstd-compressed (default: stdin)")
+        parser.set_defaults(handler=_load)
+    for parser in (commands.add_parser("save", help=save_help),
+                   image_commands.add_parser("save", help=save_help)):
+        parser.add_argument("-o", "--output", help="the tar file to write (default: stdout)")
+        parser.add_argument("images", nargs="+", metavar="IMAGE")
+        parser.set_defaults(handler=_save)
 
 
 @contextmanager
@@ -205,3 +222,22 @@ def _prune(args) -> None:
         print("Deleted Layers:")
         print("".join(f"deleted: {layer}\n" for layer in pruned.layers))
     print(f"Total reclaimed space: {human_size(pruned.reclaimed)}")
+
+
+def _load(args) -> None:
+    if args.input == "-" and sys.stdin.isatty():
+        raise InvalidArgumentError("minictl load reads an archive from stdin, and stdin is a terminal: "
+                                   "give -i FILE, or pipe one in (minictl load < busybox.tar)")
+    with terminal_progress() as progress:
+        loaded = archive.load(ImageStore(args.root), args.input, progress)
+    for image in loaded:
+        for name in image.names or [image.id]:
+            print(f"Loaded image: {name}" if image.names else f"Loaded image ID: {name}")
+
+
+def _save(args) -> None:
+    if args.output is None and sys.stdout.isatty():
+        raise InvalidArgumentError("minictl save writes a tar, and stdout is a terminal: "
+                                   "give -o FILE, or redirect it (minictl save busybox > busybox.tar)")
+    with terminal_progress() as progress:
+        archive.save(ImageStore(args.root), args.images, args.output or sys.stdout.buffer, progress)

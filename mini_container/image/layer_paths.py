@@ -52,6 +52,7 @@ Parts = tuple[str, ...]  # a path inside a layer root, as components: ("usr", "l
 O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 MAX_SYMLINKS = 40  # the kernel's own limit on symlinks in one lookup (MAXSYMLINKS, fs/namei.c)
 OPAQUE_XATTR = "trusted.overlay.opaque"
+OVERLAY_PREFIX = "trusted.overlay."
 WHITEOUT_DEVICE = os.makedev(0, 0)
 OUTSIDE = "leads outside the layer root"
 
@@ -213,6 +214,7 @@ class LayerRoot:
             if not stat.S_ISDIR(lower.st_mode):
                 raise EntryRefused(f"needs {show(here)!r} to be a directory, and a lower layer has a file")
             make_dir(dir_fd, name, stat.S_IMODE(lower.st_mode), lower.st_uid, lower.st_gid)
+            _copy_xattrs(layer_fd, here, dir_fd, name)  # as overlayfs's own copy-up does
             self.copied_up[here] = lower.st_mtime_ns
             return True
         if not make:
@@ -283,3 +285,16 @@ def _is_opaque_path(base_fd: int, path: Parts) -> bool:
     finally:
         if fd is not None:
             os.close(fd)
+
+
+def _copy_xattrs(base_fd: int, path: Parts, dir_fd: int, name: str) -> None:
+    """The xattrs of the lower directory `path` onto its copy `name`, but overlayfs's own markers (the
+    image's own trusted.overlay.* xattrs, escaped as trusted.overlay.overlay.*, are copied)."""
+    source, copy = open_path(base_fd, path), os.open(name, O_DIR, dir_fd=dir_fd)
+    try:
+        for xattr in os.listxattr(source):
+            if not xattr.startswith(OVERLAY_PREFIX) or xattr.startswith(OVERLAY_PREFIX + "overlay."):
+                os.setxattr(copy, xattr, os.getxattr(source, xattr))
+    finally:
+        os.close(source)
+        os.close(copy)

@@ -316,6 +316,10 @@ class _Unpacker:
             if not member.issym():  # a symlink has no mode; fchmodat would follow it
                 os.chmod(name, member.mode & 0o7777, dir_fd=fd)
             target = f"/proc/self/fd/{fd}/{name}"  # lsetxattr takes no dirfd: name it through /proc
+        if not self.root.overlay:  # the entry is the whole file: a lower layer's xattrs go (as umoci does)
+            wanted = {key[len(_XATTR_PAX):] for key in member.pax_headers if key.startswith(_XATTR_PAX)}
+            for xattr in set(os.listxattr(target, follow_symlinks=name is None)) - wanted:
+                os.removexattr(target, xattr, follow_symlinks=name is None)
         for key, value in member.pax_headers.items():
             if key.startswith(_XATTR_PAX):
                 xattr = key[len(_XATTR_PAX):]
