@@ -7,8 +7,8 @@ workshop: ## install everything, then start JupyterLab on the lessons
 	scripts/provision.sh
 	$(VENV)/jupyter lab --allow-root --no-browser --ip 127.0.0.1 --port 8888 --notebook-dir lessons
 
-test: ## install everything, then run the whole test suite (tests and lessons)
-	scripts/provision.sh --no-images
+test: ## install everything (the default images too: tests run the Debian one), then run the whole suite
+	scripts/provision.sh
 	$(VENV)/pytest
 
 provision:
