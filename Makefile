@@ -16,3 +16,9 @@ provision:
 
 lint:
 	$(VENV)/ruff check mini_container webapp tests
+
+.PHONY: bench
+bench: ## install everything, then the side-by-side benchmarks (ratios, not a test: docs/benchmarks.md)
+	scripts/provision.sh
+	$(VENV)/python -m benchmarks.bench_unpack
+	$(VENV)/python -m benchmarks.bench_run

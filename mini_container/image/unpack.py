@@ -46,6 +46,7 @@ it unpacks into a directory beside the final one and renames it into place only 
 from __future__ import annotations
 
 import errno
+import io
 import os
 import secrets
 import shutil
@@ -81,6 +82,8 @@ MAX_HEADER = 1 << 20  # bytes of one PAX or GNU long-name header
 _XATTR_PAX = "SCHILY.xattr."
 _OVERLAY_XATTR = "trusted.overlay."
 _COPY_CHUNK = 1 << 20
+_READ_AHEAD = 1 << 20  # bytes of uncompressed tar buffered ahead of tarfile
+_CREATE_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass(frozen=True)
@@ -153,17 +156,19 @@ class _BoundedTarInfo(tarfile.TarInfo):
 
 
 def _unpack(blob: BinaryIO, root: LayerRoot, image: str, layer: str, diff_id: str) -> UnpackedLayer:
-    stream = LayerTarStream(blob, image=image, layer=layer)
-    unpacker = _Unpacker(root, image, layer)
-    try:
-        with tarfile.open(fileobj=stream, mode="r|", tarinfo=_BoundedTarInfo) as tar:
-            while (member := tar.next()) is not None:
-                unpacker.apply(member, tar)
-                tar.members.clear()  # tarfile keeps every header it has read; a stream needs none of them
-    except tarfile.TarError as error:
-        raise LayerError(image, layer, f"tar stream is truncated or corrupt ({error})" + REFUSED) from None
-    unpacker.set_directory_times()
-    digest = stream.finish()
+    with LayerTarStream(blob, image=image, layer=layer) as stream, _Unpacker(root, image, layer) as unpacker:
+        try:
+            # "r:" reads headers and data straight from the buffer (the stream mode "r|" copies both
+            # through 10 KiB records); the stream seeks forward only, and members are read in order
+            with tarfile.open(fileobj=io.BufferedReader(stream, _READ_AHEAD), mode="r:",
+                              tarinfo=_BoundedTarInfo) as tar:
+                while (member := tar.next()) is not None:
+                    unpacker.apply(member, tar)
+                    tar.members.clear()  # tarfile keeps every header it has read; a stream needs none
+        except tarfile.TarError as error:
+            raise LayerError(image, layer, f"tar stream is truncated or corrupt ({error}){REFUSED}") from None
+        unpacker.set_directory_times()
+        digest = stream.finish()
     if digest != diff_id:
         raise LayerError(image, layer, f"uncompressed tar has DiffID {digest}, the image config expects "
                                        f"{diff_id} (a truncated or altered layer)" + REFUSED)
@@ -182,6 +187,14 @@ def _mtime_ns(member: tarfile.TarInfo) -> int:
     return mtime
 
 
+def _write_all(fd: int, source: BinaryIO) -> None:
+    """Copy a member's data into the open file `fd`; write(2) may write less than it is given."""
+    while chunk := source.read(_COPY_CHUNK):
+        written = 0
+        while written < len(chunk):
+            written += os.write(fd, chunk[written:])
+
+
 class _Unpacker:
     """Applies the entries of one tar, in order, to a LayerRoot."""
 
@@ -191,6 +204,16 @@ class _Unpacker:
         self.holders: set[Parts] = set()  # and their ancestors
         self.dir_times: dict[Parts, int] = {}
         self.entries = 0
+        self._parent: tuple[Parts, int, Parts] | None = None  # the last parent opened: name, fd, real path
+        self._deleted = False  # something was deleted since it was opened
+
+    def __enter__(self) -> _Unpacker:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._parent is not None:
+            os.close(self._parent[1])
+            self._parent = None
 
     def apply(self, member: tarfile.TarInfo, tar: tarfile.TarFile) -> None:
         try:
@@ -226,24 +249,46 @@ class _Unpacker:
 
     # --- entries that make a file -------------------------------------------------------------------
 
-    def _create(self, parent: Parts, name: str, member: tarfile.TarInfo, tar: tarfile.TarFile) -> None:
-        link = self._open_link_target(member) if member.islnk() else None
+    def _open_parent(self, parent: Parts) -> tuple[int, Parts]:
+        """The directory `parent` names (made if missing) as a descriptor and its real path; kept open.
+
+        A tar lists a directory's entries together, so the last parent is kept and reused: walking from
+        the root for every entry was most of an unpack's system calls. It is reused only if no symlink
+        led to it (each of its components is then a real directory in the target) and nothing has been
+        deleted since: only a deletion can make one of those names stop being that directory.
+        """
+        if self._parent is not None:
+            wanted, fd, real = self._parent
+            if wanted == parent == real and not self._deleted:
+                return fd, real
+            os.close(fd)
+            self._parent = None
         opened = self.root.open_dir(parent, make=True)
         assert opened is not None  # make=True makes what is missing
-        dir_fd, real = opened
+        self._parent, self._deleted = (parent, *opened), False
+        return opened
+
+    def _create(self, parent: Parts, name: str, member: tarfile.TarInfo, tar: tarfile.TarFile) -> None:
+        link = self._open_link_target(member) if member.islnk() else None
         try:
+            dir_fd, real = self._open_parent(parent)
             path = (*real, name)
             if link is not None and (*link[2], link[1]) == path:
                 raise EntryRefused("is a hard link to itself")
-            existing = lstat_at(dir_fd, name)
-            was_whiteout = existing is not None and self.root.overlay and is_whiteout(existing)
-            if existing is not None and not (stat.S_ISDIR(existing.st_mode) and member.isdir()):
-                if stat.S_ISDIR(existing.st_mode):
-                    shutil.rmtree(name, dir_fd=dir_fd)
-                else:
-                    os.unlink(name, dir_fd=dir_fd)
-                existing = None
-            self._make(dir_fd, name, member, tar, link, existing is None)
+            was_whiteout = False
+            try:
+                self._make(dir_fd, name, member, tar, link, fresh=True)
+            except FileExistsError:  # taken, by a lower layer or an earlier entry: look only now (EAFP)
+                existing = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                was_whiteout = self.root.overlay and is_whiteout(existing)
+                kept = stat.S_ISDIR(existing.st_mode) and member.isdir()  # a directory stays, and merges
+                if not kept:
+                    self._deleted = True
+                    if stat.S_ISDIR(existing.st_mode):
+                        shutil.rmtree(name, dir_fd=dir_fd)
+                    else:
+                        os.unlink(name, dir_fd=dir_fd)
+                self._make(dir_fd, name, member, tar, link, fresh=not kept)
             if member.isdir():
                 if was_whiteout:  # a directory deleted and made again in this layer: hide the old one
                     self._with_dir(dir_fd, name, make_opaque)
@@ -251,24 +296,28 @@ class _Unpacker:
             self.created.add(path)
             self.holders.update(path[:depth] for depth in range(len(path)))
         finally:
-            os.close(dir_fd)
             if link is not None:
                 os.close(link[0])
 
     def _make(self, dir_fd: int, name: str, member: tarfile.TarInfo, tar: tarfile.TarFile,
               link: tuple[int, str, Parts] | None, fresh: bool) -> None:
+        """Make the entry's file at `name` (unless it is a directory there already: `fresh` false).
+
+        Each branch starts with the call that creates the name, and none of them replaces what is
+        there: a taken name fails with FileExistsError before anything is written."""
         if member.isdir():
             if fresh:
                 os.mkdir(name, 0o700, dir_fd=dir_fd)
             self._with_dir(dir_fd, name, lambda fd: self._set_metadata(fd, None, member))
         elif member.isreg():
-            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                         dir_fd=dir_fd)
-            with open(fd, "wb") as out:
-                shutil.copyfileobj(tar.extractfile(member), out, _COPY_CHUNK)
-                out.flush()  # a write after fsetxattr would drop security.capability (the kernel's killpriv)
-                self._set_metadata(fd, None, member)
-            self._set_times(dir_fd, name, member)
+            fd = os.open(name, _CREATE_FILE, 0o600, dir_fd=dir_fd)
+            try:
+                _write_all(fd, tar.extractfile(member))
+                self._set_metadata(fd, None, member)  # after the data: a write drops security.capability
+                mtime = _mtime_ns(member)
+                os.utime(fd, ns=(mtime, mtime))  # futimens(2), after the last write
+            finally:
+                os.close(fd)
         elif member.issym():
             os.symlink(member.linkname, name, dir_fd=dir_fd)
             self._set_metadata(dir_fd, name, member)
@@ -363,6 +412,7 @@ class _Unpacker:
         where this layer has a directory of that name)."""
         if name in ("", ".", ".."):
             raise EntryRefused("is a whiteout that names no file of its directory (but itself or its parent)")
+        self._deleted = True
         opened = self.root.open_dir(parent, make=False)
         if opened is None:
             return  # no layer holds the directory: nothing to delete
@@ -381,6 +431,7 @@ class _Unpacker:
 
     def _opaque(self, parent: Parts) -> None:
         """`.wh..wh..opq` in DIR: hide what the lower layers hold in DIR."""
+        self._deleted = True
         opened = self.root.open_dir(parent, make=False)
         if opened is None:
             return
