@@ -30,7 +30,7 @@ from . import cgroups, syscalls
 from . import observe as observe_
 from .cgroups import Cgroup
 from .errors import ContainerError, ExecutableNotFoundError
-from .runtime import channel, child
+from .runtime import channel, child, process
 from .runtime.spec import ContainerSpec
 from .runtime.steps import PARENT_STEPS, Step, plan
 
@@ -71,6 +71,7 @@ class Stepper:
     # --- building ---------------------------------------------------------------------------------
     def start(self) -> dict | None:
         """Fork the child, paused before its first step; return its first snapshot (if observing)."""
+        process.prepare(self.spec.process)  # the seccomp filter compiled here, once, not in every child
         ours, theirs = channel.pair()
         controller = os.getpid()
         syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)

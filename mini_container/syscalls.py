@@ -192,7 +192,6 @@ ffi.cdef(
     int seccomp_syscall_resolve_name(const char *name);
     int seccomp_rule_add_array(scmp_filter_ctx ctx, uint32_t action, int syscall, unsigned int arg_cnt,
                                const struct scmp_arg_cmp *arg_array);
-    int seccomp_load(scmp_filter_ctx ctx);
     int seccomp_export_pfc(scmp_filter_ctx ctx, int fd);
     """
 )
@@ -319,11 +318,6 @@ def seccomp_rule_add(context, action: int, number: int,
                    "seccomp_rule_add", hex(action), number, conditions)
 
 
-def seccomp_load(context) -> None:
-    """Compile the context to BPF and install it on the calling thread with seccomp(2)."""
-    _check_seccomp(_seccomp_lib().seccomp_load(context), "seccomp_load")
-
-
 def seccomp_export_pfc(context, fd: int) -> None:
     """Write the filter as libseccomp's readable pseudo filter code to file descriptor `fd`."""
     _check_seccomp(_seccomp_lib().seccomp_export_pfc(context, fd), "seccomp_export_pfc", fd)
@@ -358,3 +352,38 @@ def openat2(dirfd: int, path: str, flags: int, mode: int = 0, resolve: int = 0) 
     return _check(_libc.syscall(ffi.cast("long", number), ffi.cast("int", dirfd),
                                 ffi.new("char[]", _bytes(path)), how, ffi.cast("size_t", ffi.sizeof(how))),
                   "openat2", dirfd, path, hex(resolve))
+
+
+# --- seccomp: a filter compiled once, installed many times -------------------------------------------
+# libseccomp exports the BPF program it generates; seccomp(2) installs such a program directly.
+ffi.cdef(
+    """
+    int seccomp_export_bpf(scmp_filter_ctx ctx, int fd);
+    struct sock_filter { uint16_t code; uint8_t jt; uint8_t jf; uint32_t k; };
+    struct sock_fprog { unsigned short len; struct sock_filter *filter; };
+    """
+)
+SECCOMP_SET_MODE_FILTER = 1
+# seccomp(2)'s flags for SECCOMP_SET_MODE_FILTER, from <linux/seccomp.h>
+SECCOMP_FILTER_FLAG_TSYNC = 1
+SECCOMP_FILTER_FLAG_LOG = 2
+SECCOMP_FILTER_FLAG_SPEC_ALLOW = 4
+_SYSCALL_NUMBERS["x86_64"]["seccomp"] = 317
+_SYSCALL_NUMBERS["aarch64"]["seccomp"] = 277
+
+
+def seccomp_export_bpf(context, fd: int) -> None:
+    """Write the filter's BPF program (an array of 8-byte struct sock_filter) to file descriptor `fd`."""
+    _check_seccomp(_seccomp_lib().seccomp_export_bpf(context, fd), "seccomp_export_bpf", fd)
+
+
+def seccomp_set_mode_filter(program: bytes, flags: int = 0) -> None:
+    """seccomp(SECCOMP_SET_MODE_FILTER, flags, &prog): install a BPF program on the calling thread.
+
+    Needs no_new_privs or CAP_SYS_ADMIN, like every filter; `flags` are SECCOMP_FILTER_FLAG_*.
+    """
+    instructions = ffi.from_buffer("struct sock_filter[]", program)
+    fprog = ffi.new("struct sock_fprog *", {"len": len(program) // 8, "filter": instructions})
+    _check(_libc.syscall(ffi.cast("long", _syscall_number("seccomp")), ffi.cast("unsigned int",
+                         SECCOMP_SET_MODE_FILTER), ffi.cast("unsigned int", flags), fprog),
+           "seccomp", "SECCOMP_SET_MODE_FILTER", hex(flags), f"{len(program) // 8} instructions")

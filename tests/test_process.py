@@ -8,6 +8,7 @@ namespace for a refused mount, a network namespace for port 80) are the child's 
 
 import errno
 import fcntl
+import json
 import os
 import resource
 import socket
@@ -323,6 +324,21 @@ def test_custom_profile_errno_and_argument_conditions(tmp_path):
     assert not os.path.exists(target)
 
 
+def test_a_filter_is_compiled_once_and_a_forked_child_installs_it(monkeypatch):
+    profile = {"defaultAction": "SCMP_ACT_ALLOW", "flags": ["SECCOMP_FILTER_FLAG_LOG"],
+               "syscalls": [{"names": ["uname"], "action": "SCMP_ACT_ERRNO", "errnoRet": errno.ENOTSUP}]}
+    compiled = seccomp.compile_filter(profile)
+    assert compiled.flags == sc.SECCOMP_FILTER_FLAG_LOG
+    assert len(compiled.program) % 8 == 0 and len(compiled.program) > 8  # struct sock_filter[]
+    assert seccomp.compile_filter(json.loads(json.dumps(profile))) is compiled  # an equal profile: reused
+
+    def child():
+        monkeypatch.setattr(sc, "seccomp_init", None)  # libseccomp is not called again in the child
+        process.apply(ProcessSettings(seccomp=profile))
+        return errno_of(os.uname), status()["Seccomp_filters"]
+    assert run_in_child(child) == (errno.ENOTSUP, "1")
+
+
 @pytest.mark.parametrize("profile, message", [
     ({"syscalls": []}, r"linux.seccomp.defaultAction: missing"),
     ({"defaultAction": "SCMP_ACT_MAYBE"}, r"linux.seccomp.defaultAction: unknown action 'SCMP_ACT_MAYBE'"),
@@ -343,7 +359,7 @@ def test_loading_without_no_new_privs_needs_cap_sys_admin():
     def child():
         caps.set_capabilities(0, 0, 0)
         with pytest.raises(ContainerError, match="needs no_new_privileges or CAP_SYS_ADMIN"):
-            seccomp.load_seccomp({"defaultAction": "SCMP_ACT_ALLOW"})
+            seccomp.install(seccomp.compile_filter({"defaultAction": "SCMP_ACT_ALLOW"}))
         return status()["Seccomp"]
     assert run_in_child(child) == "0"
 

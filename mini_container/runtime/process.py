@@ -146,6 +146,15 @@ def make_non_dumpable() -> None:
     sc.prctl(sc.PR_SET_DUMPABLE, 0)
 
 
+def prepare(settings: ProcessSettings) -> None:
+    """What `apply` needs that can be made once, before the fork: the seccomp filter, compiled.
+
+    A process forked after this inherits the program and only installs it (see seccomp.py).
+    """
+    if settings.seccomp is not None:
+        seccomp.compile_filter(settings.seccomp)
+
+
 def apply(settings: ProcessSettings) -> None:
     """Make `settings` true for the calling process, in runc's order; call it right before execve.
 
@@ -156,8 +165,7 @@ def apply(settings: ProcessSettings) -> None:
     limits = [_rlimit(*entry) for entry in settings.rlimits]
     if settings.oom_score_adj is not None:
         _check_oom_score_adj(settings.oom_score_adj)
-    if settings.seccomp is not None:
-        seccomp.parse(settings.seccomp)
+    compiled = None if settings.seccomp is None else seccomp.compile_filter(settings.seccomp)
     if settings.oom_score_adj is not None:
         set_oom_score_adj(settings.oom_score_adj)
     for limit in limits:
@@ -165,14 +173,14 @@ def apply(settings: ProcessSettings) -> None:
     os.umask(0o022 if settings.umask is None else settings.umask)
     if settings.no_new_privileges:
         set_no_new_privs()
-    elif settings.seccomp is not None:
-        seccomp.load_seccomp(settings.seccomp)
+    elif compiled is not None:
+        seccomp.install(compiled)
     caps.drop_bounding(sets.bounding)
     switch_user(settings.uid, settings.gid, settings.additional_gids)
     caps.set_capabilities(sets.effective, sets.permitted, sets.inheritable)
     caps.set_ambient(sets.ambient)
-    if settings.no_new_privileges and settings.seccomp is not None:
-        seccomp.load_seccomp(settings.seccomp)
+    if settings.no_new_privileges and compiled is not None:
+        seccomp.install(compiled)
 
 
 def observe(pid: int | str = "self") -> dict:

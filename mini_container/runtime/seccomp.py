@@ -14,6 +14,12 @@ comparisons into the 32-bit loads BPF can make, and routes multiplexed calls (so
 Writing the BPF by hand would teach the instruction set, but all of that would have to be redone
 here; `filter_text` shows what libseccomp generated instead, as readable pseudo code.
 
+Compiling Docker's profile (over 300 rules, three architectures) takes tens of milliseconds, more
+than most steps of a container's build. So it is done once per process and profile: `compile_filter`
+asks libseccomp for the BPF program (`seccomp_export_bpf`) and keeps it; the engine calls it before it
+forks a container's process, which inherits the program and installs it itself with
+seccomp(SECCOMP_SET_MODE_FILTER, flags, &program), as crun does with its precompiled filters.
+
 Traps:
 - Loading a filter needs CAP_SYS_ADMIN, or no_new_privs set first (else a setuid program could be
   run under a filter that fools it). libseccomp sets no_new_privs itself unless told not to; here
@@ -31,8 +37,10 @@ Traps:
 from __future__ import annotations
 
 import errno
+import hashlib
+import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -46,8 +54,10 @@ ACTIONS = {"SCMP_ACT_KILL": 0x00000000, "SCMP_ACT_KILL_THREAD": 0x00000000,
 _WITH_DATA = ("SCMP_ACT_ERRNO", "SCMP_ACT_TRACE")
 OPERATORS = {"SCMP_CMP_NE": 1, "SCMP_CMP_LT": 2, "SCMP_CMP_LE": 3, "SCMP_CMP_EQ": 4, "SCMP_CMP_GE": 5,
              "SCMP_CMP_GT": 6, "SCMP_CMP_MASKED_EQ": 7}
-# OCI's seccomp flags, and the libseccomp filter attributes that ask for them
-FLAGS = {"SECCOMP_FILTER_FLAG_TSYNC": 4, "SECCOMP_FILTER_FLAG_LOG": 6, "SECCOMP_FILTER_FLAG_SPEC_ALLOW": 7}
+# OCI's seccomp flags: seccomp(2)'s own
+FLAGS = {"SECCOMP_FILTER_FLAG_TSYNC": sc.SECCOMP_FILTER_FLAG_TSYNC,
+         "SECCOMP_FILTER_FLAG_LOG": sc.SECCOMP_FILTER_FLAG_LOG,
+         "SECCOMP_FILTER_FLAG_SPEC_ALLOW": sc.SECCOMP_FILTER_FLAG_SPEC_ALLOW}
 SCMP_FLTATR_CTL_NNP = 3  # 0: loading does not set no_new_privs by itself
 SCMP_FLTATR_API_SYSRAWRC = 9  # 1: report the kernel's own errno, not ECANCELED
 
@@ -97,7 +107,7 @@ class Policy:
 
     default: int
     architectures: tuple[int, ...]  # libseccomp architecture tokens (AUDIT_ARCH_* values)
-    attributes: tuple[int, ...]  # filter attributes to turn on, from `flags`
+    flags: int  # seccomp(2)'s flags, from `flags`
     rules: tuple[Rule, ...]
 
 
@@ -131,20 +141,19 @@ def parse(oci: dict) -> Policy:
             continue
         for conditions in _conditions(entry.get("args") or [], here):
             rules += [Rule(name, action, conditions) for name in entry["names"]]
-    attributes = tuple(FLAGS[flag] for flag in oci.get("flags") or [])
-    return Policy(default, tuple(architectures), attributes, tuple(rules))
+    flags = 0
+    for flag in oci.get("flags") or []:
+        flags |= FLAGS[flag]
+    return Policy(default, tuple(architectures), flags, tuple(rules))
 
 
 @contextmanager
-def _compiled(oci: dict) -> Iterator[object]:
-    """A libseccomp filter context holding `oci`'s architectures, flags and rules; released on exit."""
-    policy = parse(oci)
+def _compiled(policy: Policy) -> Iterator[object]:
+    """A libseccomp filter context holding the policy's architectures and rules; released on exit."""
     context = sc.seccomp_init(policy.default)
     try:
         sc.seccomp_attr_set(context, SCMP_FLTATR_CTL_NNP, 0)
         sc.seccomp_attr_set(context, SCMP_FLTATR_API_SYSRAWRC, 1)
-        for attribute in policy.attributes:
-            sc.seccomp_attr_set(context, attribute, 1)
         for token in policy.architectures:
             try:
                 sc.seccomp_arch_add(context, token)
@@ -159,27 +168,52 @@ def _compiled(oci: dict) -> Iterator[object]:
         sc.seccomp_release(context)
 
 
-def load_seccomp(oci: dict) -> None:
-    """Compile an OCI `linux.seccomp` object and install it on the calling process, for good."""
-    with _compiled(oci) as context:
-        try:
-            sc.seccomp_load(context)
-        except PermissionError as err:
-            raise ContainerError(f"cannot load the seccomp filter: {err.strerror}; loading one needs "
-                                 "no_new_privileges or CAP_SYS_ADMIN in effect") from None
+def _exported(context: object, export: Callable[[object, int], None]) -> bytes:
+    """What libseccomp's `export` function writes for `context`, read back from a memory file."""
+    fd = os.memfd_create("seccomp-export")
+    try:
+        export(context, fd)
+        os.lseek(fd, 0, os.SEEK_SET)
+        with open(fd, "rb", closefd=False) as f:
+            return f.read()
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class Filter:
+    """A compiled filter: the BPF program (struct sock_filter[]) and seccomp(2)'s flags for it."""
+
+    program: bytes
+    flags: int
+
+
+_filters: dict[str, Filter] = {}  # compiled filters by their profile's sha256, for this process
+
+
+def compile_filter(oci: dict) -> Filter:
+    """Compile an OCI `linux.seccomp` object to BPF; once per process and profile (see the docstring)."""
+    key = hashlib.sha256(json.dumps(oci, sort_keys=True).encode()).hexdigest()
+    if key not in _filters:
+        policy = parse(oci)
+        with _compiled(policy) as context:
+            _filters[key] = Filter(_exported(context, sc.seccomp_export_bpf), policy.flags)
+    return _filters[key]
+
+
+def install(compiled: Filter) -> None:
+    """Install a compiled filter on the calling process, for good."""
+    try:
+        sc.seccomp_set_mode_filter(compiled.program, compiled.flags)
+    except PermissionError as err:
+        raise ContainerError(f"cannot load the seccomp filter: {err.strerror}; loading one needs "
+                             "no_new_privileges or CAP_SYS_ADMIN in effect") from None
 
 
 def filter_text(oci: dict) -> str:
     """The filter libseccomp would load for `oci`, as its pseudo filter code (nothing is loaded)."""
-    with _compiled(oci) as context:
-        fd = os.memfd_create("seccomp-pfc")
-        try:
-            sc.seccomp_export_pfc(context, fd)
-            os.lseek(fd, 0, os.SEEK_SET)
-            with open(fd, closefd=False) as f:
-                return f.read()
-        finally:
-            os.close(fd)
+    with _compiled(parse(oci)) as context:
+        return _exported(context, sc.seccomp_export_pfc).decode()
 
 
 def observe(pid: int | str = "self") -> dict[str, int]:
