@@ -12,6 +12,8 @@
                                          (also: image save)
 
 Long steps (a debootstrap, an unpack) show their progress on stderr, only when stderr is a terminal.
+The handlers of bootstrap, load and save import their modules themselves: every minictl command
+builds this parser, and `minictl run` should not pay for tarfile, compression and debootstrap's code.
 """
 
 from __future__ import annotations
@@ -24,8 +26,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from ..errors import ContainerError, InvalidArgumentError
-from ..image import archive
-from ..image.bootstrap import bootstrap_busybox, bootstrap_debian
 from ..image.store import Image, ImageStore, Progress
 from ..runtime.containers import ContainerStore
 from .table import print_table
@@ -124,6 +124,8 @@ def human_age(created: str, now: float | None = None) -> str:
 
 
 def _bootstrap(args) -> None:
+    from ..image.bootstrap import bootstrap_busybox, bootstrap_debian
+
     store = ImageStore(args.root)
     with terminal_progress() as progress:
         if args.image == "busybox":
@@ -228,6 +230,8 @@ def _load(args) -> None:
     if args.input == "-" and sys.stdin.isatty():
         raise InvalidArgumentError("minictl load reads an archive from stdin, and stdin is a terminal: "
                                    "give -i FILE, or pipe one in (minictl load < busybox.tar)")
+    from ..image import archive
+
     with terminal_progress() as progress:
         loaded = archive.load(ImageStore(args.root), args.input, progress)
     for image in loaded:
@@ -239,5 +243,7 @@ def _save(args) -> None:
     if args.output is None and sys.stdout.isatty():
         raise InvalidArgumentError("minictl save writes a tar, and stdout is a terminal: "
                                    "give -o FILE, or redirect it (minictl save busybox > busybox.tar)")
+    from ..image import archive
+
     with terminal_progress() as progress:
         archive.save(ImageStore(args.root), args.images, args.output or sys.stdout.buffer, progress)

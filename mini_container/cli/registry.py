@@ -6,6 +6,7 @@
 
 Registries on loopback are spoken to in plain HTTP; `--insecure` (or $MINI_CONTAINER_INSECURE_REGISTRIES,
 comma-separated HOST[:PORT]) does the same for another host. Credentials go to ROOT/auth.json (mode 0600).
+The handlers import the registry client themselves (http.client, ssl): other commands do not need it.
 """
 
 from __future__ import annotations
@@ -14,10 +15,7 @@ import getpass
 import sys
 
 from ..errors import InvalidArgumentError
-from ..image.pull import PullProgress, pull
 from ..image.reference import DEFAULT_REGISTRY, parse
-from ..image.registry import check_login, host_platform, parse_platform
-from ..image.registry_auth import Credentials, load_credentials, remove_credentials, store_credentials
 from ..image.store import ImageStore
 
 _INSECURE_HELP = "speak plain HTTP to this registry even if it is not on loopback"
@@ -28,7 +26,7 @@ def register(commands) -> None:
     pull_ = commands.add_parser("pull", help="pull an image from a registry")
     pull_.add_argument("image", help="e.g. busybox, 127.0.0.1:5000/team/app:v1, alpine@sha256:...")
     pull_.add_argument("--platform", help="OS/ARCH[/VARIANT] to pick from a multi-platform image "
-                                          f"(default: this host's, {host_platform()})")
+                                          "(default: this host's)")
     pull_.add_argument("--insecure", action="store_true", help=_INSECURE_HELP)
     pull_.set_defaults(handler=_pull)
 
@@ -56,6 +54,10 @@ def _registry(text: str) -> str:
 
 
 def _pull(args) -> None:
+    from ..image.pull import PullProgress, pull
+    from ..image.registry import parse_platform
+    from ..image.registry_auth import load_credentials
+
     reference = parse(args.image)
     platform = parse_platform(args.platform) if args.platform else None
     store = ImageStore(args.root)
@@ -65,6 +67,9 @@ def _pull(args) -> None:
 
 
 def _login(args) -> None:
+    from ..image.registry import check_login
+    from ..image.registry_auth import Credentials, store_credentials
+
     registry = _registry(args.registry)
     username = args.username or (input("Username: ") if sys.stdin.isatty() else None)
     if args.password_stdin:
@@ -81,6 +86,8 @@ def _login(args) -> None:
 
 
 def _logout(args) -> None:
+    from ..image.registry_auth import remove_credentials
+
     registry = _registry(args.registry)
     if remove_credentials(args.root, registry):
         print(f"Removed the credentials for {registry}")

@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ContainerError, ImageNotFoundError, InvalidArgumentError
-from . import oci, reference, unpack
+from . import oci, reference
 from .layer_stream import short_digest
 from .reference import Reference
 
@@ -298,6 +298,8 @@ class ImageStore:
 
     def _commit_layer(self, descriptor: oci.Descriptor, diff_id: str, chain_id: str, parent: str | None,
                       lowers: list[Path], label: str, reader: _Progressed) -> Layer:
+        from . import unpack  # tarfile and the decompressors: only when a layer is made or removed
+
         self.layers_dir.mkdir(parents=True, exist_ok=True)
         directory = self.layers_dir / self._new_layer_id(chain_id)
         with open(self.blob_path(descriptor.digest), "rb") as blob:
@@ -470,6 +472,8 @@ class ImageStore:
     def prune(self, keep: Iterable[str] = ()) -> Pruned:
         """Delete the untagged images (but those whose id or manifest digest is in `keep`: the ones
         containers use), then every layer and blob that no image uses, and what crashed writers left."""
+        from . import unpack  # tarfile and the decompressors: only when a layer is made or removed
+
         keep = set(keep)
         with self.lock():
             names, records = self._names(), self._image_records()
@@ -507,6 +511,8 @@ class ImageStore:
 
     def _delete_layer(self, chain_id: str) -> int:
         """Delete a layer's directory, then its record; return its size. The caller holds the lock."""
+        from . import unpack  # tarfile and the decompressors: only when a layer is made or removed
+
         path = self._layerdb_path(chain_id)
         try:
             record = json.loads(path.read_text())
