@@ -35,7 +35,7 @@ import termios
 
 from .. import syscalls as sc
 from ..errors import ContainerError, ExecutableNotFoundError
-from . import channel, process
+from . import channel, hooks, process
 from .spec import ContainerSpec
 
 # ioctls for the pseudo-terminal master (<asm-generic/ioctls.h>)
@@ -106,6 +106,9 @@ def execute(spec: ContainerSpec, path: str, keep: int | None) -> None:
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
     close_descriptors_except({0, 1, 2, keep})  # no descriptor of the engine may leak in
     process.apply(spec.process)  # user, capabilities, no_new_privs, rlimits, seccomp: runc's order
+    if spec.hooks.get("startContainer"):  # as runc: as the container's user, under its filter
+        hooks.run_in_container("startContainer", spec.hooks["startContainer"],
+                               dict(spec.hook_state, status="created"))
     try:
         os.execve(path, spec.command, spec.env)
     except OSError as e:

@@ -89,6 +89,10 @@ class ContainerSpec:
     publish: list[str] = field(default_factory=list)
     network_dir: Path | None = None  # the network stage's state (leases, the nft table's record)
     network_join_pid: int | None = None
+    # OCI hooks (hooks.Hook lists by kind) and the state they read on stdin, without pid and status
+    # (ociVersion, id, bundle, annotations): the lifecycle sets both from config.json.
+    hooks: dict[str, list] = field(default_factory=dict)
+    hook_state: dict = field(default_factory=dict)
     exit_code: int | None = field(default=None, init=False)
 
     @property

@@ -15,6 +15,9 @@ The order matters, and each constraint is a lesson:
   everything after that happens in it (the proc mount included, so /proc shows the new namespace);
 - /proc, /sys, /dev and the spec's mounts are mounted inside the new root before pivot_root, while
   both roots are visible (a bind's source is a host path), each target resolved inside the new root;
+- the hooks of create run where runc runs them: prestart and createRuntime (by the engine, in its own
+  namespaces) once the mounts are made, then createContainer (by the container's process, in its
+  namespaces), both before pivot_root; startContainer runs in the exec step, just before execve;
 - sysctls are written after pivot_root, through the container's own /proc, and before the read-only
   paths make /proc/sys read-only; the masks come after, and the root is made read-only last, once
   nothing more needs to be mounted in it (rootfs.py explains each);
@@ -31,7 +34,7 @@ from pathlib import Path
 
 from .. import cgroups, namespaces, rootfs
 from .. import syscalls as sc
-from . import channel, execution
+from . import channel, execution, hooks
 from .spec import ContainerSpec, Mount
 
 
@@ -63,6 +66,8 @@ _TITLES = {
     "dev": "mount -t tmpfs on /dev: device nodes, a devpts instance of its own, /dev/shm",
     "mqueue": "mount -t mqueue on /dev/mqueue: the POSIX message queues of its IPC namespace",
     "mounts": "mount the spec's binds and filesystems, each destination resolved inside the new root",
+    "runtime_hooks": "run the prestart and createRuntime hooks, from the engine, in the host's namespaces",
+    "container_hooks": "run the createContainer hooks, in the container's namespaces, before pivot_root",
     "pivot_root": "pivot_root(): the new root becomes /, the host's root is unmounted",
     "move_root": "mount --move ROOT / and chroot(\".\"): the fallback where pivot_root cannot work",
     "sysctl": "write /proc/sys/...: kernel parameters of the container's own namespaces",
@@ -91,6 +96,10 @@ def plan(spec: ContainerSpec) -> list[Step]:
     names += ["bundle_root" if spec.root_path else "rootfs", "proc", "sys", "cgroupfs", "dev", "mqueue"]
     if extra_mounts(spec):
         names.append("mounts")
+    if spec.hooks.get("prestart") or spec.hooks.get("createRuntime"):
+        names.append("runtime_hooks")
+    if spec.hooks.get("createContainer"):
+        names.append("container_hooks")
     names.append("move_root" if spec.no_pivot else "pivot_root")
     after_pivot = {"sysctl": spec.sysctls, "readonly_paths": spec.readonly_paths,
                    "masked_paths": spec.masked_paths, "readonly_root": spec.readonly_rootfs}
@@ -124,8 +133,15 @@ def _attach_network(spec: ContainerSpec, pid: int) -> object:
                           name=spec.name, hostname=spec.hostname, files_dir=spec.directory / "network")
 
 
+def _run_runtime_hooks(spec: ContainerSpec, pid: int) -> None:
+    """prestart (deprecated, runc runs it first), then createRuntime: the state says pid 1's host pid."""
+    state = dict(spec.hook_state, status="creating", pid=pid)
+    for kind in ("prestart", "createRuntime"):
+        hooks.run_hooks(kind, spec.hooks.get(kind, []), state)
+
+
 PARENT_STEPS: dict[str, Callable[[ContainerSpec, int], object]] = {
-    "cgroup": _place_in_cgroup, "network": _attach_network,
+    "cgroup": _place_in_cgroup, "network": _attach_network, "runtime_hooks": _run_runtime_hooks,
 }
 
 
@@ -245,6 +261,12 @@ def _mounts(spec: ContainerSpec, sock: socket.socket) -> dict:
     return {}
 
 
+def _container_hooks(spec: ContainerSpec, sock: socket.socket) -> dict:
+    hooks.run_in_container("createContainer", spec.hooks["createContainer"],
+                           dict(spec.hook_state, status="creating"))
+    return {}
+
+
 def _pivot_root(spec: ContainerSpec, sock: socket.socket) -> dict:
     rootfs.pivot_root(root_of(spec))
     return {}
@@ -283,7 +305,8 @@ CHILD_STEPS: dict[str, Callable[[ContainerSpec, socket.socket], dict | None]] = 
     "hostname": _hostname, "netjoin": _netjoin, "mnt": _mnt, "pid": _pid, "rootfs": _rootfs,
     "bundle_root": _bundle_root,
     "proc": _proc, "sys": _sys, "cgroupfs": _cgroupfs, "dev": _dev, "mqueue": _mqueue, "mounts": _mounts,
-    "pivot_root": _pivot_root, "move_root": _move_root, "sysctl": _sysctl, "readonly_paths": _readonly_paths,
+    "container_hooks": _container_hooks, "pivot_root": _pivot_root, "move_root": _move_root,
+    "sysctl": _sysctl, "readonly_paths": _readonly_paths,
     "masked_paths": _masked_paths, "readonly_root": _readonly_root, "terminal": execution.terminal,
     "exec": execution.exec_now, "await_start": execution.await_start,
 }
