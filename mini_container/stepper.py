@@ -115,13 +115,47 @@ class Stepper:
         return result
 
     def run_all(self) -> None:
-        """Every remaining step, in order."""
+        """Every remaining step, in order.
+
+        Without observing, the child steps between two parent steps are asked for all at once and
+        their answers read afterwards: the child does them back to back, without waiting a round trip
+        for each (it stops at the first that fails, so none runs after a failure).
+        """
+        if self._sock is None:
+            self.start()
         while not self.done:
-            self.step()
+            if self.observe or self.next_step.side == "parent":
+                self.step()
+                continue
+            batch = []
+            while not self.done and self.next_step.side == "child":
+                batch.append(self.plan[self.position])
+                self.position += 1
+            sent = []
+            for step in batch:
+                try:
+                    self._send(step)
+                except ContainerError:  # the child is gone: the answers before say why
+                    break
+                sent.append(step)
+            for step in sent:
+                self._receive(step)
+            if len(sent) < len(batch):
+                self._send(batch[len(sent)])  # no answer said why: this raises
 
     def _ask(self, step: Step) -> None:
+        self._send(step)
+        self._receive(step)
+
+    def _send(self, step: Step) -> None:
         try:
             channel.send(self._sock, {"step": step.name})
+        except OSError as e:
+            raise ContainerError(f"container {self.spec.name}: the child died before step {step.name!r} "
+                                 f"({e})") from e
+
+    def _receive(self, step: Step) -> None:
+        try:
             reply, fds = channel.receive(self._sock)
             if fds:  # the terminal step sends the master side of the container's terminal
                 self.terminal = fds[0]

@@ -7,9 +7,10 @@ import tempfile
 
 import pytest
 
-from mini_container.errors import ExecutableNotFoundError
+from mini_container.errors import ContainerError, ExecutableNotFoundError
 from mini_container.image.store import ImageStore
 from mini_container.runtime.containers import ContainerStore
+from mini_container.runtime.spec import Mount
 from mini_container.stepper import Stepper
 
 
@@ -91,6 +92,21 @@ def test_missing_executable_fails_the_exec_step(make_spec):
         with pytest.raises(ExecutableNotFoundError, match="'no-such-program' not found"):
             build.run_all()
         assert build.wait() == 127
+
+
+def test_without_observing_a_failed_step_stops_the_batch_and_names_itself(make_spec, tmp_path):
+    """run_all sends the child steps between two parent steps at once: the first failure is the one
+    reported, and the child does no step after it."""
+    spec = make_spec(["true"])
+    spec.mounts.append(Mount("/data", "bind", str(tmp_path / "missing"), ["rbind"]))
+    with Stepper(spec, observe=False) as build:
+        with pytest.raises(ContainerError, match=r"step 'mounts' failed: .*missing"):
+            build.run_all()
+        assert build.plan[build.position - 1].name == "exec"  # every step was asked for
+        root = build.pid
+        assert os.waitpid(build.waitable, 0)[1] != 0  # the child exited after the failure
+        build.waitable = None
+    assert root and not os.path.exists(f"/proc/{root}")
 
 
 def test_close_in_the_middle_kills_and_reaps_everything(make_spec):

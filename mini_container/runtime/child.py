@@ -1,8 +1,10 @@
 """The child's side: a process that becomes a container one step at a time.
 
 After fork, the child waits on its end of the channel for the name of a step, does it, answers
-`{"ok": true}` or `{"error": ..., "type": ..., "exit_code": ...}`, and waits again. Between two steps it
-is blocked in recv(2), so /proc/PID shows exactly the state that the last step left.
+`{"ok": true}` and waits again. Between two steps it is blocked in recv(2), so /proc/PID shows exactly
+the state that the last step left. A step that fails is answered with `{"error": ..., "type": ...,
+"exit_code": ...}`, and the child exits: a step asked for after it (the controller may have sent several
+at once) never runs on a half-built container.
 
 The child never returns into the caller's code: it either execs the container's command or exits.
 PR_SET_PDEATHSIG makes the kernel kill it if the controller dies first, so a crashed notebook or
@@ -40,13 +42,16 @@ def main(sock: socket.socket, spec: ContainerSpec, controller: int) -> None:
             if rearm:  # we were reparented to the controller (after the pid step): die with it
                 sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
                 rearm = False
-            code, rearm = _serve(sock, spec, message["step"])
+            code, rearm, failed = _serve(sock, spec, message["step"])
+            if failed:
+                break
     finally:
         os._exit(code)
 
 
-def _serve(sock: socket.socket, spec: ContainerSpec, step: str) -> tuple[int, bool]:
-    """Do one step and answer; return the exit code to use if we stop now, and whether we were reborn.
+def _serve(sock: socket.socket, spec: ContainerSpec, step: str) -> tuple[int, bool, bool]:
+    """Do one step and answer; return the exit code to use if we stop now, whether we were reborn, and
+    whether the step failed.
 
     A step that returns None has answered already: by itself (the terminal step, which sends a
     descriptor with its answer), or through its parent (the pid step's parent answers for the child
@@ -57,14 +62,14 @@ def _serve(sock: socket.socket, spec: ContainerSpec, step: str) -> tuple[int, bo
         extra = CHILD_STEPS[step](spec, sock)
     except ContainerError as e:
         channel.send(sock, {"error": str(e), "type": type(e).__name__, "exit_code": e.exit_code})
-        return e.exit_code, False
+        return e.exit_code, False, True
     except OSError as e:
         channel.send(sock, {"error": str(e), "type": "OSError", "exit_code": 125})
-        return 125, False
+        return 125, False, True
     except Exception:
         channel.send(sock, {"error": traceback.format_exc(), "type": "bug", "exit_code": 125})
-        return 125, False
+        return 125, False, True
     if extra is None:
-        return 1, True
+        return 1, True, False
     channel.send(sock, {"ok": True, **extra})
-    return 1, False
+    return 1, False, False
