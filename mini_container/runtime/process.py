@@ -147,10 +147,12 @@ def make_non_dumpable() -> None:
 
 
 def prepare(settings: ProcessSettings) -> None:
-    """What `apply` needs that can be made once, before the fork: the seccomp filter, compiled.
+    """What `apply` needs that can be made once, before the fork: the seccomp filter, compiled, and
+    the kernel's highest capability number, read.
 
-    A process forked after this inherits the program and only installs it (see seccomp.py).
+    A process forked after this inherits both (the program it only installs: see seccomp.py).
     """
+    caps.last_cap()
     if settings.seccomp is not None:
         seccomp.compile_filter(settings.seccomp)
 
