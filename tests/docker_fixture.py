@@ -6,6 +6,7 @@ Everything the daemon keeps is under one temporary directory, and nothing of the
             --config-file DIR/daemon.json          (not /etc/docker/daemon.json; 20.10's trust key in DIR)
             --bridge=none --iptables=false --ip6tables=false --ip-forward=false --ip-masq=false
             --cgroup-parent=mini-container-dockerd-PID   (containers run with --network none)
+            daemon.json "runtimes": {NAME: {"path": PATH}}  (with `runtimes`: docker run --runtime NAME)
 
 Its containerd is the one dockerd starts itself, with its socket and state under --exec-root. dockerd
 runs in a mount namespace of its own (`unshare --mount --propagation private`) with a tmpfs on /run: the
@@ -13,6 +14,12 @@ runs in a mount namespace of its own (`unshare --mount --propagation private`) w
 the host's mount table and vanish with the namespace. `stop` sends SIGTERM to the daemon's pid (SIGKILL
 after 30 s), kills by pid any containerd shim it left (found by the socket path in its command line),
 unmounts whatever is still mounted under DIR, removes DIR, and removes the cgroups made under the parent.
+
+The cgroup parent is relative, and docker hands it on as such in each container's linux.cgroupsPath
+("mini-container-dockerd-PID/ID"): a runtime puts it below its own cgroup in each hierarchy, which is
+this process's (the daemon, its containerd and their shims are our descendants). An absolute one would
+go from the root of each hierarchy, outside the cgroups this process is limited by; both places are
+cleaned.
 """
 
 from __future__ import annotations
@@ -38,7 +45,8 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 class Dockerd:
     """One dockerd under `workdir`; `docker(...)` runs its client against it."""
 
-    def __init__(self):
+    def __init__(self, runtimes: dict[str, str] | None = None):
+        self.runtimes = dict(runtimes or {})  # name -> absolute path of a runtime (daemon.json "runtimes")
         self.binary = require("dockerd", "docker.io")
         if not DOCKER.is_file():
             pytest.fail(f"{DOCKER} not found: the round-trip tests need docker.io's client "
@@ -69,6 +77,8 @@ class Dockerd:
         # Before 23.0 the daemon makes a trust key, in /etc/docker unless told otherwise (newer daemons
         # refuse the option they no longer have)
         config = {"deprecated-key-path": str(self.workdir / "key.json")} if major < 23 else {}
+        if self.runtimes:
+            config["runtimes"] = {name: {"path": path} for name, path in self.runtimes.items()}
         (self.workdir / "daemon.json").write_text(json.dumps(config))
         flags = [f"--config-file={self.workdir / 'daemon.json'}", f"--data-root={self.workdir / 'data'}",
                  f"--exec-root={self.workdir / 'exec'}", f"--pidfile={self.workdir / 'docker.pid'}",
@@ -125,18 +135,26 @@ class Dockerd:
                     continue  # exited meanwhile
         return found
 
+    def _cgroup_parents(self) -> list[Path]:
+        """The cgroup parent's directories that exist: in each hierarchy below our own cgroup (where a
+        runtime puts a relative cgroupsPath) or below the root (an absolute one)."""
+        found = []
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            _, controllers, own = line.split(":", 2)
+            mount = CGROUP_ROOT / (controllers.removeprefix("name=") or "unified")
+            if not controllers and not mount.is_dir():
+                mount = CGROUP_ROOT  # a pure v2 host: the one tree is mounted at the root
+            found += [base / self.cgroup_parent for base in (mount, mount / own.lstrip("/"))]
+        return [path for path in dict.fromkeys(found) if path.is_dir()]
+
     def _remove_cgroups(self) -> None:
         """rmdir the cgroup parent (and what docker left in it) in every hierarchy, deepest first."""
-        for hierarchy in CGROUP_ROOT.iterdir():
-            parent = hierarchy / self.cgroup_parent
-            if hierarchy.is_symlink() or not parent.is_dir():
-                continue
+        for parent in self._cgroup_parents():
             for directory, _, _ in sorted(os.walk(parent), key=lambda walked: len(walked[0]), reverse=True):
                 os.rmdir(directory)
 
     def leftovers(self) -> list[str]:
         """What `stop` should have removed and did not (for the fixture's final check)."""
         left = [str(self.workdir)] if self.workdir.exists() else []
-        left += [str(hierarchy / self.cgroup_parent) for hierarchy in CGROUP_ROOT.iterdir()
-                 if (hierarchy / self.cgroup_parent).exists()]
+        left += [str(parent) for parent in self._cgroup_parents()]
         return left + [f"pid {pid}" for pid in self._shims()]

@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import time
 from pathlib import Path
 
 import pytest
 
 from mini_container.errors import ContainerError
 from mini_container.image.store import ImageStore
+from mini_container.runtime import oci
 from mini_container.runtime.containers import ContainerStore
 from mini_container.runtime.hooks import Hook
+from mini_container.runtime.lifecycle import Lifecycle
 from mini_container.runtime.spec import Mount
 from mini_container.stepper import Stepper
 
@@ -106,3 +110,47 @@ def test_a_failing_start_container_hook_keeps_the_command_from_running(container
             build.start()
             build.run_all()
     assert not (record / "order").exists()
+
+
+# --- through the OCI lifecycle: config.json's hooks, all six kinds -----------------------------------
+
+def test_config_hooks_run_at_create_start_and_delete(tmp_path):
+    """Each kind logs "KIND STATUS" (its state's status) to a file the host and the container share."""
+    record = tmp_path / "record"
+    record.mkdir()
+    (record / "hook.sh").write_text('#!/bin/sh\necho "$1 $(sed -n \'s/.*"status": "\\([a-z]*\\)".*/\\1/p\')" '
+                                    '>> "$2/log"\n')
+    (record / "hook.sh").chmod(0o755)
+    bundle = tmp_path / "bundle"
+    (bundle / "rootfs/bin").mkdir(parents=True)
+    for name in ("proc", "sys", "dev", "tmp", "etc", "hooks"):
+        (bundle / "rootfs" / name).mkdir()
+    shutil.copy("/bin/busybox", bundle / "rootfs/bin/busybox")
+    for applet in ("sh", "sed", "sleep"):
+        (bundle / "rootfs/bin" / applet).symlink_to("busybox")
+    config = oci.default_config(terminal=False)
+    config["process"]["args"] = ["sleep", "30"]
+    config["mounts"].append({"destination": "/hooks", "type": "bind", "source": str(record),
+                             "options": ["rbind"]})
+    config["hooks"] = {kind: [{"path": str(record / "hook.sh"), "args": ["hook.sh", kind, str(record)]}]
+                       for kind in ("prestart", "createRuntime", "createContainer", "poststart", "poststop")}
+    config["hooks"]["startContainer"] = [{"path": "/hooks/hook.sh",
+                                          "args": ["hook.sh", "startContainer", "/hooks"]}]
+    runtime = Lifecycle(tmp_path / "state")
+    spec = oci.spec_from_config(config, bundle, "hooked", runtime.root / "hooked")
+    log = record / "log"
+    try:
+        runtime.create(spec, bundle)
+        assert log.read_text().splitlines() == [
+            "prestart creating", "createRuntime creating", "createContainer creating"]
+        runtime.start("hooked")
+        deadline = time.monotonic() + 10
+        while len(log.read_text().splitlines()) < 5:
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        # the init runs startContainer once start opened its gate, while start runs poststart
+        assert sorted(log.read_text().splitlines()[3:]) == ["poststart running", "startContainer created"]
+    finally:
+        runtime.delete("hooked", force=True)
+    assert log.read_text().splitlines()[5:] == ["poststop stopped"]
+    assert not (runtime.root / "hooked").exists()

@@ -25,10 +25,11 @@ def backend_for(layout: Layout) -> type[Cgroup]:
 
 
 def create(name: str, limits: Limits | None = None, parent: str | None = None,
-           layout: Layout | None = None) -> Cgroup:
-    """Create the cgroup of container `name` with `limits`; undo with `.destroy()`."""
+           layout: Layout | None = None, path: str | None = None) -> Cgroup:
+    """Create the cgroup of container `name` with `limits` (at `path`, an OCI cgroupsPath, if given);
+    undo with `.destroy()`."""
     layout = layout or detect()
-    return backend_for(layout).create(name, limits or Limits(), layout, parent)
+    return backend_for(layout).create(name, limits or Limits(), layout, parent, path)
 
 
 def lookup(name: str, parent: str | None = None, layout: Layout | None = None) -> Cgroup:

@@ -5,6 +5,12 @@ a hybrid host one more in the v2 tree for its core files). `create` makes the di
 the limits, undoing everything if a step fails; `destroy` removes them. In between: `add` a pid,
 `set_limits`, read `limits` and `stats`, `freeze`/`thaw`, and `kill` every process.
 
+Where: by default `<parent>/mini-container/NAME` (see detect.py). An OCI runtime is told a place instead,
+config.json's linux.cgroupsPath, and puts it there as runc does (`cgroup_path_dir`): an absolute path
+from the root of each mounted hierarchy ("/docker/ID" is /sys/fs/cgroup/memory/docker/ID), a relative
+one below the engine's parent ("tests/ID", below the cgroup the engine runs in unless told otherwise),
+with every missing directory on the way made (and, on v1, each new cpuset given its parent's CPUs).
+
 Moving a process: writing its pid to `cgroup.procs` moves the whole thread group (v1's `tasks` file
 moves one thread). Children forked afterwards start in the same cgroup, so a container's init is
 placed before it execs and everything it starts stays inside. Memory already used is not moved on
@@ -38,7 +44,7 @@ from typing import ClassVar, Self
 from mini_container import syscalls
 from mini_container.errors import InvalidArgumentError
 
-from .detect import SUBTREE, Hierarchy, Layout, cgroup_of, subtree_dir
+from .detect import SUBTREE, Hierarchy, Layout, cgroup_of, parent_path, subtree_dir
 from .files import CgroupError, make_dir, read_optional, remove_dir, wait_for, write
 from .limits import Limits
 from .stats import Stats
@@ -54,14 +60,37 @@ def check_name(name: str) -> str:
     return name
 
 
-def make_container_dir(path: Path) -> list[Path]:
-    """mkdir the engine's subtree if needed, then the container's cgroup; return the directories made.
+def cgroup_path_dir(hierarchy: Hierarchy, path: str, parent: str | None = None) -> Path:
+    """The directory of an OCI linux.cgroupsPath in `hierarchy`, as runc places it: an absolute path from
+    the root of the mounted hierarchy, a relative one below the engine's parent (`detect.parent_path`).
+    A path may not climb with "..": a container must not land outside the tree it was given."""
+    parts = [part for part in path.split("/") if part not in ("", ".")]
+    if not parts or ".." in parts:
+        raise InvalidArgumentError(f"cgroup path {path!r} must name a cgroup without '..': an absolute path "
+                                   f"from the hierarchy's root, or one relative to the engine's parent")
+    base = hierarchy.mount if path.startswith("/") else hierarchy.directory(parent_path(hierarchy, parent))
+    return base.joinpath(*parts)
+
+
+def missing_parents(path: Path) -> list[Path]:
+    """The ancestors of `path` that do not exist yet, from the top down."""
+    missing = []
+    while not path.parent.is_dir() and path.parent != path:
+        path = path.parent
+        missing.append(path)
+    return missing[::-1]
+
+
+def make_container_dir(path: Path, parents: bool = False) -> list[Path]:
+    """mkdir the engine's subtree if needed (with `parents`, every missing ancestor), then the container's
+    cgroup; return the directories made, from the top down.
 
     `destroy` removes the subtree with its last container, so another engine process may rmdir it
     between our two mkdirs (ENOENT): then the subtree is made again.
     """
     for _ in range(3):
-        created = [path.parent] if make_dir(path.parent) else []
+        above = missing_parents(path) if parents else [path.parent]
+        created = [directory for directory in above if make_dir(directory)]
         try:
             path.mkdir()
         except FileNotFoundError:
@@ -100,10 +129,14 @@ class Cgroup(ABC):
         """The hierarchies this backend uses on `layout`, by key (a controller name, or "unified")."""
 
     @classmethod
-    def at(cls, name: str, layout: Layout, parent: str | None = None) -> Self:
-        """The container `name` in the engine's subtree (which may or may not exist yet)."""
+    def at(cls, name: str, layout: Layout, parent: str | None = None, path: str | None = None) -> Self:
+        """The container `name` in the engine's subtree, or at the cgroup `path` (an OCI cgroupsPath:
+        see `cgroup_path_dir`); it may or may not exist yet."""
         check_name(name)
-        return cls(name, {key: subtree_dir(h, parent) / name for key, h in cls.hierarchies(layout).items()})
+        hierarchies = cls.hierarchies(layout)
+        if path is not None:
+            return cls(name, {key: cgroup_path_dir(h, path, parent) for key, h in hierarchies.items()})
+        return cls(name, {key: subtree_dir(h, parent) / name for key, h in hierarchies.items()})
 
     @classmethod
     def of_pid(cls, pid: int, layout: Layout) -> Self:
@@ -113,8 +146,10 @@ class Cgroup(ABC):
 
     @classmethod
     @abstractmethod
-    def create(cls, name: str, limits: Limits, layout: Layout, parent: str | None = None) -> Self:
-        """mkdir the cgroup under the engine's subtree and write `limits`; nothing is left on failure."""
+    def create(cls, name: str, limits: Limits, layout: Layout, parent: str | None = None,
+               path: str | None = None) -> Self:
+        """mkdir the cgroup under the engine's subtree (or at `path`, making what is missing on the way)
+        and write `limits`; nothing is left on failure."""
 
     def directories(self) -> list[Path]:
         """Each directory once (co-mounted v1 controllers share one)."""

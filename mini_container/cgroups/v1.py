@@ -79,20 +79,21 @@ class V1Cgroup(Cgroup):
         return found
 
     @classmethod
-    def create(cls, name: str, limits: Limits, layout: Layout, parent: str | None = None) -> Self:
+    def create(cls, name: str, limits: Limits, layout: Layout, parent: str | None = None,
+               path: str | None = None) -> Self:
         missing = sorted({CONTROLLER_FOR[resource] for resource in limits.resources()} - layout.v1.keys())
         if missing:
             raise CgroupError(f"the limits need the cgroup v1 controller(s) {', '.join(missing)}, which this "
                               f"host does not mount (it has {', '.join(sorted(layout.v1)) or 'none'}): mount "
                               f"them (mount -t cgroup -o {missing[0]} cgroup /sys/fs/cgroup/{missing[0]}) "
                               f"or drop those limits")
-        cgroup = cls.at(name, layout, parent)
+        cgroup = cls.at(name, layout, parent, path)
         created: list[Path] = []
         try:
-            for path in cgroup.directories():
-                made = make_container_dir(path)
+            for leaf in cgroup.directories():
+                made = make_container_dir(leaf, parents=path is not None)
                 created += made
-                for directory in made:  # the subtree (if new) first, then the container
+                for directory in made:  # the new parents (the subtree) first, then the container
                     if (directory / "cpuset.cpus").exists():
                         _inherit_cpuset(directory)
             cgroup.set_limits(limits)

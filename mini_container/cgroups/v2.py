@@ -44,7 +44,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Self
 
-from .base import Cgroup, make_container_dir, rollback
+from .base import Cgroup, make_container_dir, missing_parents, rollback
 from .detect import Hierarchy, Layout
 from .files import CgroupError, read, read_int, read_keyed, read_optional, wait_for, write
 from .limits import (
@@ -94,26 +94,30 @@ class V2Cgroup(Cgroup):
         return self.dirs["unified"]
 
     @classmethod
-    def create(cls, name: str, limits: Limits, layout: Layout, parent: str | None = None) -> Self:
-        cgroup = cls.at(name, layout, parent)
-        subtree = cgroup.dir.parent
-        if not subtree.parent.is_dir():
-            raise CgroupError(f"the parent cgroup {subtree.parent} does not exist: create it, or choose "
+    def create(cls, name: str, limits: Limits, layout: Layout, parent: str | None = None,
+               path: str | None = None) -> Self:
+        cgroup = cls.at(name, layout, parent, path)
+        # the cgroups between the last existing one (`top`) and the container, which hand it controllers
+        between = [cgroup.dir.parent] if path is None else missing_parents(cgroup.dir)
+        top = (between[0] if between else cgroup.dir).parent
+        if not top.is_dir():
+            raise CgroupError(f"the parent cgroup {top} does not exist: create it, or choose "
                               f"another parent with MINI_CONTAINER_CGROUP_PARENT")
-        offered = set(read(subtree.parent / "cgroup.controllers").split())
+        offered = set(read(top / "cgroup.controllers").split())
         missing = sorted(limits.resources() - offered)
         if missing:
             raise CgroupError(f"the limits need the cgroup v2 controller(s) {', '.join(missing)}, which the "
-                              f"parent cgroup {subtree.parent} is not offered (its cgroup.controllers lists "
+                              f"parent cgroup {top} is not offered (its cgroup.controllers lists "
                               f"{', '.join(sorted(offered)) or 'none'}): enable them in its parent's "
                               f"cgroup.subtree_control (echo +{missing[0]} > "
-                              f"{subtree.parent.parent}/cgroup.subtree_control) or drop those limits")
+                              f"{top.parent}/cgroup.subtree_control) or drop those limits")
         wanted = [controller for controller in CONTROLLERS if controller in offered]
         created: list[Path] = []
         try:
-            enable_controllers(subtree.parent, wanted)
-            created += make_container_dir(cgroup.dir)
-            enable_controllers(subtree, wanted)  # adds the controllers' files to the container's directory
+            enable_controllers(top, wanted)
+            created += make_container_dir(cgroup.dir, parents=path is not None)
+            for directory in between:  # down to the container's parent, which adds their files to it
+                enable_controllers(directory, wanted)
             cgroup.set_limits(limits)
         except BaseException:
             rollback(created)

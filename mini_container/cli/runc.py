@@ -8,7 +8,7 @@
     mini-runc kill [--all] ID [SIGNAL]          signal pid 1 (or every process)
     mini-runc pause ID | resume ID              freeze and thaw the cgroup
     mini-runc update [-r FILE | --memory ...] ID   change live limits
-    mini-runc events [--stats] ID               cgroup statistics as JSON
+    mini-runc events [--stats] ID               cgroup statistics as JSON, in runc's shape
     mini-runc delete [--force] ID               remove it (and its cgroup)
     mini-runc features                          what this runtime supports, as JSON
 
@@ -16,6 +16,17 @@ Errors go where runc puts them, because callers read them there: to stderr as a 
 (`time="..." level=error msg="..."`), or with `--log FILE --log-format json` to FILE as a JSON line
 ({"level": "error", "msg": ..., "time": ...}), which is where containerd looks for the reason a
 command failed. The exit code of a failed command is 1.
+
+As Docker's runtime (`dockerd --add-runtime mini=/path/to/mini-runc`, then `docker run --runtime mini`),
+it is called by containerd's shim, containerd-shim-runc-v2, with runc's global flags (--root, --log,
+--log-format json) and subcommands: create --bundle --pid-file [--console-socket], start, state, kill,
+delete, exec --process FILE --detach --pid-file [--console-socket], pause, resume, update --resources -
+(linux.resources JSON on stdin), ps --format json (`docker top`). A few things matter to it beyond the
+OCI spec: the container's pid 1 and exec'd processes are left to the shim (a child subreaper), which
+reaps them and reports their exit codes; a terminal's master goes to the shim's console socket; and
+Docker reads runc's own words in an error ("executable file not found" for exit code 127). `docker
+stats` reads the cgroup itself, found through /proc/PID/cgroup of pid 1; `events --stats` prints the
+same numbers as runc's types.Stats, for callers that ask the runtime.
 """
 
 from __future__ import annotations
@@ -28,7 +39,8 @@ import sys
 import time
 from pathlib import Path
 
-from ..errors import ContainerError
+from ..cgroups import Stats
+from ..errors import ContainerError, ExecutableNotFoundError
 from ..rootfs import FLAG_WORDS, PROPAGATION_WORDS
 from ..runtime import exec_into, oci
 from ..runtime.capabilities import CAPABILITIES
@@ -146,10 +158,25 @@ def _build(args, runtime: Lifecycle, detached: bool) -> dict:
     config = oci.load_config(bundle)
     spec = oci.spec_from_config(config, bundle, args.id, runtime.root / args.id)
     spec.no_pivot = args.no_pivot
+    oci.set_home(spec)
     if spec.tty and detached and args.console_socket is None:
         raise ContainerError("cannot allocate tty if mini-runc will detach without setting console socket")
-    return runtime.create(spec, bundle, annotations=config.get("annotations"), pid_file=args.pid_file,
-                          console_socket=args.console_socket)
+    try:
+        return runtime.create(spec, bundle, annotations=config.get("annotations"), pid_file=args.pid_file,
+                              console_socket=args.console_socket)
+    except ExecutableNotFoundError as e:
+        raise ContainerError(_unable_to_start(spec.command[0], e)) from None
+
+
+def _unable_to_start(command: str, error: ExecutableNotFoundError) -> str:
+    """The engine's message, then runc's words for a program that cannot be started, which Docker reads:
+    its daemon and client look for "executable file not found" (`docker run` and `docker exec` exit
+    127) and for "permission denied", Go's text of EACCES (exit 126); any other failure exits 125."""
+    if error.exit_code == 127:
+        reason = "executable file not found in $PATH"
+    else:  # the engine's message ends with strerror(3): "Permission denied" -> Go's "permission denied"
+        reason = str(error).rpartition(": ")[2].lower()
+    return f'{error}; exec: "{command}": {reason}'
 
 
 def _run(args, runtime: Lifecycle) -> int:
@@ -179,8 +206,11 @@ def _exec(args, runtime: Lifecycle) -> int:
                                  "socket")
         if args.console_socket is not None and not (args.detach and process.tty):
             raise ContainerError("cannot use console socket if mini-runc will not detach or allocate tty")
-        return exec_into.exec_into(target, process, detach=args.detach, console_socket=args.console_socket,
-                                   pid_file=args.pid_file)
+        try:
+            return exec_into.exec_into(target, process, detach=args.detach,
+                                       console_socket=args.console_socket, pid_file=args.pid_file)
+        except ExecutableNotFoundError as e:
+            raise ContainerError(_unable_to_start(process.command[0], e)) from None
     except ContainerError as e:
         Log(args.log, args.log_format, args.debug).write("error", f"exec failed: {e}")
         return 255
@@ -245,15 +275,53 @@ def _ps(args, runtime: Lifecycle) -> None:
 
 
 def _events(args, runtime: Lifecycle) -> None:
+    """runc events: a {"type": "stats", "id", "data"} line now (--stats), or every --interval."""
     interval = float(args.interval.rstrip("s"))
     while True:
         state = runtime.state(args.id)
-        stats = runtime.cgroup(state).stats()
-        data = {key: value for key, value in vars(stats).items() if key != "pressure"}
+        data = runc_stats(runtime.cgroup(state).stats())
         print(json.dumps({"type": "stats", "id": args.id, "data": data}), flush=True)
         if args.stats:
             return
         time.sleep(interval)
+
+
+def runc_stats(stats: Stats) -> dict:
+    """The engine's Stats in the shape of runc's types.Stats, which containerd's go-runc decodes.
+
+    CPU times in ns, memory and I/O in bytes. Go's `omitempty` drops a zero number but never an object,
+    so every object is there and a number the cgroup does not give is left out (a decoder reads 0).
+    I/O is the cgroup's total per direction, without a device number.
+    """
+    def kept(**numbers: int | None) -> dict[str, int]:
+        return {name: value for name, value in numbers.items() if value}
+
+    def psi(kind: str) -> dict:
+        """{"psi": {"some": {avg10, avg60, avg300, total}, "full": ...}} from a *.pressure file, if any."""
+        pressure = stats.pressure.get(kind)
+        if pressure is None:
+            return {}
+        return {"psi": {part: {"avg10": getattr(pressure, f"{part}_avg10"),
+                               "avg60": getattr(pressure, f"{part}_avg60"),
+                               "avg300": getattr(pressure, f"{part}_avg300"),
+                               "total": getattr(pressure, f"{part}_total_us")}
+                        for part in ("some", "full") if getattr(pressure, f"{part}_total_us") is not None}}
+
+    io = [{"op": op, "value": value} for op, value in (("Read", stats.io_read_bytes),
+                                                        ("Write", stats.io_write_bytes)) if value is not None]
+    return {
+        "cpu": {"usage": {**kept(total=stats.cpu_usage_ns), "kernel": stats.cpu_system_ns or 0,
+                          "user": stats.cpu_user_ns or 0},
+                "throttling": kept(periods=stats.cpu_periods, throttledPeriods=stats.cpu_throttled_periods,
+                                   throttledTime=stats.cpu_throttled_ns),
+                **psi("cpu")},
+        "memory": {"usage": {"limit": stats.memory_limit_bytes or 0, **kept(usage=stats.memory_usage_bytes),
+                             "failcnt": stats.memory_limit_hits or 0},
+                   **psi("memory")},
+        "pids": kept(current=stats.pids_current, limit=stats.pids_max),
+        "blkio": {**({"ioServiceBytesRecursive": io} if io else {}), **psi("io")},
+        "hugetlb": {}, "intel_rdt": {}, "network_interfaces": None,
+    }
 
 
 def _update(args, runtime: Lifecycle) -> None:

@@ -112,7 +112,8 @@ def process_from_config(state: dict, directory: Path, process_file: str | None =
                         command: list[str] = (), env: list[str] = (), cwd: str | None = None,
                         user: str | None = None, tty: bool = False) -> ContainerSpec:
     """runc exec's process: a process.json (an OCI `process` object), else the bundle's config.json
-    `process` with the command line's args, env appended, cwd, user UID[:GID] and terminal.
+    `process` with the command line's args, env appended, cwd, user UID[:GID] and terminal. Without
+    HOME in its environment, the process gets its user's home, as runc's (`oci.set_home`).
 
     A process.json without capabilities or rlimits gets the container's, as runc's does; the seccomp
     filter is always the container's (linux.seccomp). An invalid process names its JSON path.
@@ -141,7 +142,7 @@ def process_from_config(state: dict, directory: Path, process_file: str | None =
     except InvalidConfigError as e:
         detail = str(e).removeprefix("config.json: ").removeprefix("process.")  # a path in the process
         raise InvalidArgumentError(f"{where}: {detail}") from None
-    spec.image = str(spec.root_path)  # named in messages: "not found in image /bundle/rootfs"
+    oci.set_home(spec)
     return spec
 
 

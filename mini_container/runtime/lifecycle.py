@@ -35,15 +35,19 @@ import shutil
 import signal
 import socket
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from .. import cgroups
 from ..errors import ContainerError, ContainerNotFoundError, InvalidArgumentError
 from ..stepper import Stepper
+from . import hooks
 from .containers import kill_pid, wait_for_exit
 from .spec import ContainerSpec
 
 DEFAULT_ROOT = Path("/run/mini-container")
+LATER_HOOKS = ("poststart", "poststop")  # run by start and delete, from the hooks kept in state.json
+OCI_STATE_KEYS = ("ociVersion", "id", "status", "pid", "bundle", "annotations")  # what hooks are given
 OCI_VERSION = "1.2.0"
 _ID = re.compile(r"^[\w+\-.]+$")
 
@@ -74,6 +78,7 @@ class Lifecycle:
                      "bundle": str(Path(bundle).resolve()), "annotations": annotations or {},
                      "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
             _write_json(directory / "state.json", state)
+            spec.hook_state = {key: state[key] for key in ("ociVersion", "id", "bundle", "annotations")}
             build = Stepper(spec, observe=False)
             try:
                 build.start()
@@ -82,8 +87,9 @@ class Lifecycle:
                     _send_console(build.terminal, console_socket)
                 elif build.terminal is not None:  # kept for this process (`run` in the foreground)
                     self.terminals[spec.id] = os.dup(build.terminal)
+                later = {kind: [asdict(hook) for hook in spec.hooks.get(kind, [])] for kind in LATER_HOOKS}
                 state.update(status="created", pid=build.pid, start_time=_start_time(build.pid),
-                             cgroup=build.cgroup.paths())
+                             cgroup=build.cgroup.paths(), hooks=later)
                 _write_json(directory / "state.json", state)
                 if pid_file:
                     _write_text(Path(pid_file), str(build.pid))
@@ -109,7 +115,9 @@ class Lifecycle:
             fifo.unlink()
             if not ready:
                 raise ContainerError(f"container {container_id}: pid 1 did not pass the start gate")
-        return self.state(container_id)
+            state = self.state(container_id)
+            _run_later_hooks("poststart", state)
+        return state
 
     # --- looking ------------------------------------------------------------------------------------
     def state(self, container_id: str) -> dict:
@@ -196,6 +204,7 @@ class Lifecycle:
                     cgroup.kill()
                     cgroup.destroy()
             shutil.rmtree(self.root / container_id, ignore_errors=True)
+            _run_later_hooks("poststop", dict(state, status="stopped"))
         return state
 
     # --- helpers --------------------------------------------------------------------------------------
@@ -237,6 +246,15 @@ def _start_time(pid: int) -> int | None:
     except (FileNotFoundError, ProcessLookupError):
         return None
     return None if fields[0] == "Z" else int(fields[19])
+
+
+def _run_later_hooks(kind: str, state: dict) -> None:
+    """Run poststart or poststop hooks kept in the state at create; a failure is only logged."""
+    found = [hooks.Hook(**dict(entry, args=tuple(entry["args"]),
+                              env=None if entry["env"] is None else tuple(entry["env"])))
+             for entry in state.get("hooks", {}).get(kind, [])]
+    public = {key: value for key, value in state.items() if key in OCI_STATE_KEYS}
+    hooks.run_hooks(kind, found, public)
 
 
 def _send_console(master: int, console_socket: str | Path) -> None:

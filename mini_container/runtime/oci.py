@@ -10,7 +10,8 @@ this engine. Try it:
 
 What each part of config.json becomes in the kernel:
 
-    process.args/env/cwd         execve(2) and chdir(2), the last thing the init does
+    process.args/env/cwd         execve(2) and chdir(2), the last thing the init does; without HOME in env,
+                                 runc gives the user's home from the container's /etc/passwd (`set_home`)
     process.user                 setgroups(2), setresgid(2), setresuid(2) (ids inside the user namespace)
     process.capabilities         five sets: capset(2) and PR_CAPBSET_DROP, PR_CAP_AMBIENT; /proc/PID/status
     process.noNewPrivileges      prctl(PR_SET_NO_NEW_PRIVS): setuid binaries gain nothing; NoNewPrivs: 1
@@ -20,6 +21,8 @@ What each part of config.json becomes in the kernel:
     mounts                       mount(2) in the listed order, inside the new mount namespace
     linux.namespaces             clone(2)/unshare(2) flags; an entry with a path is setns(2) into that file
     linux.resources              cgroup files (memory.max, cpu.max, pids.max, io.max, ...)
+    linux.cgroupsPath            where the cgroup is: absolute from each hierarchy's root, else relative
+                                 to the engine's parent (Docker's "/docker/ID", or "PARENT/ID")
     linux.maskedPaths            /dev/null (files) or an empty read-only tmpfs (directories) mounted over
     linux.readonlyPaths          a read-only bind mount of the path onto itself
     linux.sysctl                 writes under /proc/sys, allowed only for namespaced ones (oci_validate)
@@ -37,15 +40,18 @@ from __future__ import annotations
 import copy
 import json
 import os
+import stat
 from pathlib import Path
 
+from .. import rootfs
 from ..cgroups import DeviceThrottle, Limits
 from ..errors import InvalidArgumentError
+from .hooks import hooks_from_config
 from .oci_validate import InvalidConfigError, is_bind, validate
 from .spec import ContainerSpec, Mount, ProcessSettings
 
-__all__ = ["InvalidConfigError", "default_config", "limits_from_resources", "load_config", "namespace_paths",
-           "spec_from_config", "validate"]
+__all__ = ["InvalidConfigError", "default_config", "home_directory", "limits_from_resources", "load_config",
+           "namespace_paths", "set_home", "spec_from_config", "validate"]
 
 OCI_VERSION = "1.0.2-dev"  # what Debian's runc 1.1.5 writes
 # The OCI name of each namespace and the engine's (the name of its /proc/PID/ns file).
@@ -163,7 +169,8 @@ def spec_from_config(config: dict, bundle: Path, container_id: str, directory: P
     """The engine's ContainerSpec for a validated config.json of `bundle`.
 
     `directory` is the container's own state directory. The container has no image: its root is
-    root.path (relative to the bundle unless absolute), used as it is, without an overlay.
+    root.path (relative to the bundle unless absolute), used as it is, without an overlay; messages
+    name that directory where they would name the image ("not found in image /bundle/rootfs").
     """
     validate(config)
     bundle = Path(bundle).absolute()
@@ -173,7 +180,8 @@ def spec_from_config(config: dict, bundle: Path, container_id: str, directory: P
     process = config["process"]
     linux = config.get("linux", {})
     return ContainerSpec(
-        id=container_id, name=container_id, image="", lowers=[], directory=Path(directory),
+        id=container_id, name=_short_name(container_id), image=str(root), lowers=[],
+        directory=Path(directory),
         command=list(process["args"]),
         env=dict(pair.split("=", 1) for pair in process.get("env", [])),
         cwd=process["cwd"],
@@ -182,6 +190,7 @@ def spec_from_config(config: dict, bundle: Path, container_id: str, directory: P
         tty=process.get("terminal", False),
         interactive=True,  # runc hands its own stdin to the container; it never substitutes /dev/null
         limits=limits_from_resources(linux.get("resources", {})),
+        cgroup_path=linux.get("cgroupsPath") or None,
         root_path=root,
         readonly_rootfs=config["root"].get("readonly", False),
         mounts=[_mount(mount, bundle) for mount in config.get("mounts", [])],
@@ -189,7 +198,45 @@ def spec_from_config(config: dict, bundle: Path, container_id: str, directory: P
         readonly_paths=list(linux.get("readonlyPaths", [])),
         sysctls=dict(linux.get("sysctl", {})),
         process=_process_settings(process, linux),
+        hooks=hooks_from_config(config),
     )
+
+
+def set_home(spec: ContainerSpec) -> None:
+    """runc's rule for HOME: a process whose environment has none (or an empty one) gets its user's home
+    directory from the container's /etc/passwd, or "/" if the uid has no line there."""
+    if not spec.env.get("HOME"):
+        spec.env["HOME"] = home_directory(spec.root_path, spec.process.uid)
+
+
+def home_directory(root: Path, uid: int) -> str:
+    """The home field of `uid`'s line in the /etc/passwd of `root`, or "/".
+
+    The file is resolved inside the root (openat2 RESOLVE_IN_ROOT: a symlink in the image cannot make
+    a host file be read) and read only if it is a regular file (a FIFO there would block open(2)).
+    """
+    try:
+        fd = rootfs.open_in_root(root, "/etc/passwd")
+    except OSError:
+        return "/"
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return "/"
+        with open(f"/proc/self/fd/{fd}", errors="replace") as passwd:  # reopens the O_PATH descriptor
+            lines = passwd.read().splitlines()
+    finally:
+        os.close(fd)
+    for line in lines:
+        fields = line.split(":")
+        if len(fields) >= 6 and fields[2] == str(uid):
+            return fields[5] or "/"
+    return "/"
+
+
+def _short_name(container_id: str) -> str:
+    """The container's name in messages and in its /etc/hosts: the id, or docker's short form (12
+    characters) of an id longer than a host name may be (63; docker's ids are 64 hex digits)."""
+    return container_id if len(container_id) <= 63 else container_id[:12]
 
 
 def _mount(mount: dict, bundle: Path) -> Mount:

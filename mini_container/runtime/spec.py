@@ -10,11 +10,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..cgroups import Limits
 from ..errors import InvalidArgumentError
-from ..image.store import Image
 from .docker_seccomp import docker_default_seccomp
+
+if TYPE_CHECKING:  # only a type here: mini-runc, which runs bundles, never loads the image store
+    from ..image.store import Image
 
 # Docker's default set for `docker run` on a cgroup v2 host; the user namespace comes with rootless.
 DEFAULT_NAMESPACES = ["uts", "ipc", "net", "cgroup", "mnt", "pid"]
@@ -74,6 +77,9 @@ class ContainerSpec:
     interactive: bool = False  # keep stdin attached (else the process reads /dev/null)
     stdout: int | None = None  # a file descriptor for the process's stdout and stderr; None: inherit
     limits: Limits = field(default_factory=Limits)  # the cgroup's limits (none: accounted, not limited)
+    # where the cgroup goes: None is <parent>/mini-container/<id>; an OCI linux.cgroupsPath is absolute from
+    # each hierarchy's root, or relative to the engine's parent (cgroups.base.cgroup_path_dir)
+    cgroup_path: str | None = None
     root_path: Path | None = None  # an OCI bundle's root directory, used instead of image layers
     readonly_rootfs: bool = False
     mounts: list[Mount] = field(default_factory=list)

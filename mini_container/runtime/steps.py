@@ -115,8 +115,9 @@ def plan(spec: ContainerSpec) -> list[Step]:
 
 
 def _place_in_cgroup(spec: ContainerSpec, pid: int) -> cgroups.Cgroup:
-    """The container's cgroup, under the engine's subtree, with the spec's limits; the child moved in."""
-    cgroup = cgroups.create(spec.id, spec.limits)
+    """The container's cgroup, under the engine's subtree or at the spec's cgroup path, with the spec's
+    limits; the child moved in."""
+    cgroup = cgroups.create(spec.id, spec.limits, path=spec.cgroup_path)
     try:
         cgroup.add(pid)
     except BaseException:
