@@ -24,7 +24,6 @@ import sys
 
 from ..errors import ContainerError, NotRootError
 from ..locations import engine_root
-from . import containers, images, maintenance, registry
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,7 +41,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    """The whole command line: global options, then each module's subcommands."""
+    """The whole command line: global options, then each module's subcommands.
+
+    The modules are imported here, not with the package: `mini-runc` (cli/runc.py) is a module of this
+    package too, and needs none of them.
+    """
+    from . import containers, images, maintenance, registry
+
     top = argparse.ArgumentParser(prog="minictl", description="A container engine built to be watched.")
     top.add_argument("--root", default=str(engine_root()),
                      help="where images and containers are kept (default: %(default)s)")

@@ -25,11 +25,14 @@ import shutil
 import signal
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import cgroups, syscalls
 from ..errors import ContainerError, ContainerNotFoundError, InvalidArgumentError
-from ..image.store import Image
 from .spec import ContainerSpec, spec_from_image
+
+if TYPE_CHECKING:  # only a type here (see spec.py)
+    from ..image.store import Image
 
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 
