@@ -256,6 +256,20 @@ def test_run_sets_the_user(dockerd):
     assert result.stdout.split() == ["1000", "1001", "1001", "1002", "/"]  # no passwd line: HOME is /
 
 
+def test_run_joins_the_namespaces_of_another_container(dockerd, box):
+    """--network and --pid container:NAME: config.json names the other container's namespace files (a
+    path), and the runtime joins them with setns(2) instead of making new ones."""
+    kinds = ("net", "pid")
+    shared = [f"--network=container:{box}", f"--pid=container:{box}"]
+    probe = "for k in net ipc pid uts; do readlink /proc/self/ns/$k; done"
+    result = dockerd.docker("run", "--rm", "--runtime", RUNTIME, *shared, "busybox", "sh", "-c", probe)
+    joined = dict(zip(("net", "ipc", "pid", "uts"), result.stdout.split(), strict=True))
+    target = pid_1(dockerd, box)
+    assert {kind: joined[kind] for kind in kinds} == {kind: os.readlink(f"/proc/{target}/ns/{kind}")
+                                                      for kind in kinds}
+    assert joined["uts"] != os.readlink(f"/proc/{target}/ns/uts")  # not asked to share: a new one
+
+
 # --- docker run: the cgroup ------------------------------------------------------------------------------
 
 def test_memory_limit_is_in_the_cgroup(dockerd, box):

@@ -32,7 +32,7 @@ What each part of config.json becomes in the kernel:
 Traps: `root.path` and bind-mount sources may be relative, and are then relative to the bundle, not
 to the caller's working directory. Cgroup values of 0 (Go's zero value) and -1 mean "not set" or "no
 limit", never "zero". A namespace entry with a `path` joins an existing namespace instead of making
-one: `namespace_paths` lists those, as the spec has no field for them yet.
+one (setns(2) on that file: ContainerSpec.namespace_paths).
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ def namespace_paths(config: dict) -> dict[str, str]:
     """The namespaces to join rather than create: engine kind ("net", "mnt", ...) -> the file to setns(2).
 
     ContainerSpec.namespaces lists every kind the container gets apart from the host's, joined or new;
-    the kinds in this dict must be joined (open the path, setns) instead of unshared.
+    ContainerSpec.namespace_paths, this dict, the kinds to join (open the path, setns) rather than make.
     """
     namespaces = config.get("linux", {}).get("namespaces", [])
     return {NAMESPACE_KINDS[ns["type"]]: ns["path"] for ns in namespaces if "path" in ns}
@@ -187,6 +187,7 @@ def spec_from_config(config: dict, bundle: Path, container_id: str, directory: P
         cwd=process["cwd"],
         hostname=config.get("hostname", ""),
         namespaces=[NAMESPACE_KINDS[ns["type"]] for ns in linux.get("namespaces", [])],
+        namespace_paths=namespace_paths(config),
         tty=process.get("terminal", False),
         interactive=True,  # runc hands its own stdin to the container; it never substitutes /dev/null
         limits=limits_from_resources(linux.get("resources", {})),

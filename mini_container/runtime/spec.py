@@ -73,6 +73,9 @@ class ContainerSpec:
     cwd: str = "/"
     hostname: str = ""
     namespaces: list[str] = field(default_factory=lambda: list(DEFAULT_NAMESPACES))
+    # kinds of `namespaces` to join, setns(2) on the file given (config.json's linux.namespaces[].path,
+    # e.g. /proc/PID/ns/net of another container), rather than to make with unshare(2)
+    namespace_paths: dict[str, str] = field(default_factory=dict)
     tty: bool = False  # a pseudo-terminal from the container's own devpts, its master sent to the caller
     interactive: bool = False  # keep stdin attached (else the process reads /dev/null)
     stdout: int | None = None  # a file descriptor for the process's stdout and stderr; None: inherit

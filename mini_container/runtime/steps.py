@@ -89,7 +89,7 @@ def plan(spec: ContainerSpec) -> list[Step]:
         names.append("netjoin")
     names += [kind for kind in ("mnt", "pid") if kind in spec.namespaces]
     names.append("cgroup")
-    if spec.network in ("none", "bridge") and "net" in spec.namespaces:
+    if spec.network in ("none", "bridge") and "net" in spec.namespaces and "net" not in spec.namespace_paths:
         names.append("network")
     if "cgroup" in spec.namespaces:
         names.append("cgroupns")
@@ -107,7 +107,14 @@ def plan(spec: ContainerSpec) -> list[Step]:
     if spec.tty:
         names.append("terminal")
     names.append("await_start" if spec.exec_fifo else "exec")
-    return [Step(name, _TITLES[name], "parent" if name in PARENT_STEPS else "child") for name in names]
+    return [Step(name, _title(spec, name), "parent" if name in PARENT_STEPS else "child") for name in names]
+
+
+def _title(spec: ContainerSpec, name: str) -> str:
+    kind = "cgroup" if name == "cgroupns" else name
+    if kind in spec.namespace_paths:
+        return f"setns({spec.namespace_paths[kind]}): join that {kind} namespace instead of making one"
+    return _TITLES[name]
 
 
 # --- the parent's side ----------------------------------------------------------------------------
@@ -161,9 +168,17 @@ def cgroup_mounts(layout: cgroups.Layout) -> list[tuple[str, str, str | None]]:
 # Each function does its step in the calling (child) process and returns the reply's extra fields.
 
 
+def _enter(spec: ContainerSpec, kind: str) -> None:
+    """unshare(2) a new namespace of `kind`, or setns(2) into the one the spec names by path."""
+    if kind in spec.namespace_paths:
+        namespaces.join_path(spec.namespace_paths[kind], kind)
+    else:
+        namespaces.unshare([kind])
+
+
 def _unshare(kind: str) -> Callable[[ContainerSpec, socket.socket], dict]:
     def step(spec: ContainerSpec, sock: socket.socket) -> dict:
-        namespaces.unshare([kind])
+        _enter(spec, kind)
         return {}
     return step
 
@@ -181,8 +196,9 @@ def _netjoin(spec: ContainerSpec, sock: socket.socket) -> dict:
 
 
 def _mnt(spec: ContainerSpec, sock: socket.socket) -> dict:
-    namespaces.unshare(["mnt"])
-    namespaces.make_mounts_private()
+    _enter(spec, "mnt")
+    if "mnt" not in spec.namespace_paths:  # a joined one is another's: its propagation stays as it is
+        namespaces.make_mounts_private()
     return {}
 
 
@@ -193,7 +209,7 @@ def _pid(spec: ContainerSpec, sock: socket.socket) -> dict | None:
     by this exit, becomes the controller's own child: the controller waits for pid 1 directly, as
     containerd's shim waits for runc's init. runc gets the same shape with clone(CLONE_PARENT).
     """
-    namespaces.unshare(["pid"])
+    _enter(spec, "pid")
     child = os.fork()
     if child == 0:
         return None  # pid 1 now; the parent answers for this step, as only it knows our host pid
