@@ -401,3 +401,62 @@ for _type in ("char[]", "int", "int *", "long", "size_t", "unsigned int", "unsig
 for _name in ("unshare", "setns", "mount", "umount2", "sethostname", "setdomainname", "prctl", "syscall",
               "capget", "capset"):
     getattr(_libc, _name)
+
+
+# --- nftables: libnftables, the library that the `nft` command is a shell around ------------------------
+# Used by network/nat.py. `nft -f FILE` hands the file's text to nft_run_cmd_from_buffer(); the engine
+# does the same in its own process: the same parser, the same netlink transaction, no program started.
+# Opened at first use, not at import: only bridge networks need it, and loading it (with libnftnl,
+# libmnl, libxtables, libjansson and libgmp) takes ~1.5 ms.
+ffi.cdef(
+    """
+    void *nft_ctx_new(uint32_t flags);
+    void nft_ctx_free(void *ctx);
+    int nft_ctx_buffer_output(void *ctx);
+    const char *nft_ctx_get_output_buffer(void *ctx);
+    int nft_ctx_buffer_error(void *ctx);
+    const char *nft_ctx_get_error_buffer(void *ctx);
+    int nft_run_cmd_from_buffer(void *ctx, const char *buf);
+    """
+)
+_libnftables = None
+
+
+def _nftables_lib():
+    global _libnftables
+    if _libnftables is None:
+        try:
+            _libnftables = ffi.dlopen("libnftables.so.1")
+        except OSError as error:
+            raise OSError(errno.ELIBACC, f"libnftables.so.1 cannot be loaded ({error}): install Debian's "
+                                         "nftables package (it brings libnftables1)") from None
+    return _libnftables
+
+
+def nft_ctx_new():
+    """A libnftables context whose output and errors go to buffers (read by nft_run_cmd_from_buffer).
+
+    Its netlink socket belongs to the calling thread's network namespace. Undo: nft_ctx_free().
+    """
+    context = _nftables_lib().nft_ctx_new(0)  # NFT_CTX_DEFAULT
+    if context == ffi.NULL:
+        raise OSError(errno.ENOMEM, "nft_ctx_new(NFT_CTX_DEFAULT): out of memory")
+    _libnftables.nft_ctx_buffer_output(context)
+    _libnftables.nft_ctx_buffer_error(context)
+    return context
+
+
+def nft_ctx_free(context) -> None:
+    """Free a context made by nft_ctx_new(), closing its netlink socket."""
+    _nftables_lib().nft_ctx_free(context)
+
+
+def nft_run_cmd_from_buffer(context, commands: str) -> tuple[int, str, str]:
+    """Run nftables commands (what `nft -f FILE` reads) through `context`.
+
+    Returns libnftables' result (0 on success), what the commands printed (`list ...`) and its error
+    messages.
+    """
+    result = _nftables_lib().nft_run_cmd_from_buffer(context, commands.encode())
+    return (result, ffi.string(_libnftables.nft_ctx_get_output_buffer(context)).decode(),
+            ffi.string(_libnftables.nft_ctx_get_error_buffer(context)).decode())

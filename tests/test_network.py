@@ -19,6 +19,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -28,6 +29,9 @@ import pytest
 from mini_container import network, syscalls
 from mini_container.errors import ContainerError, InvalidArgumentError
 from mini_container.network import PortMapping, files, links, nat
+from mini_container.network import rtnetlink as rt
+from mini_container.runtime.spec import ContainerSpec
+from mini_container.runtime.steps import plan
 
 BRIDGE = "mctest0"
 SUBNET = "10.99.0.0/24"
@@ -140,35 +144,31 @@ def hold_port(port: int) -> None:
 
 def wire_internet(pid: int) -> None:
     """A veth from here (HOST_UPLINK/24) to the namespace of `pid` (INTERNET_UPLINK/24), no route beyond."""
-    with links.host() as ipr:
-        _, peer = links.create_veth_pair(ipr, "uplink", "uplinkpeer")
-        index = links.index_of(ipr, "uplink")
-        ipr.addr("add", index=index, address=HOST_UPLINK, prefixlen=24)
-        ipr.link("set", index=index, state="up")
-        links.move_to_netns_of(ipr, peer, pid)
-    with links.in_netns_of(pid) as ipr:
-        index = links.index_of(ipr, "uplinkpeer")
-        ipr.addr("add", index=index, address=INTERNET_UPLINK, prefixlen=24)
-        ipr.link("set", index=index, state="up")
+    with links.host() as sock:
+        index = links.create_veth_pair(sock, "uplink", "uplinkpeer", peer_pid=pid)
+        links.add_address(sock, index, HOST_UPLINK, 24)
+    with links.in_netns_of(pid) as sock:
+        index = links.index_of(sock, "uplinkpeer")
+        links.add_address(sock, index, INTERNET_UPLINK, 24)
+        sock.request((rt.RTM_NEWLINK, 0, rt.link(index, rt.IFF_UP, rt.IFF_UP)))  # ip link set uplinkpeer up
 
 
 def make_link(name: str) -> None:
     """A veth pair NAME <-> NAMEp in this namespace."""
-    with links.host() as ipr:
-        links.create_veth_pair(ipr, name, f"{name}p")
+    with links.host() as sock:
+        links.create_veth_pair(sock, name, f"{name}p")
 
 
 def plug_stray_veth(name: str, bridge: str) -> None:
     """A veth plugged into `bridge` that no lease names: what a crash could leave."""
-    with links.host() as ipr:
-        index, _ = links.create_veth_pair(ipr, name, f"{name}p")
-        links.plug_into_bridge(ipr, index, links.index_of(ipr, bridge))
+    with links.host() as sock:
+        links.create_veth_pair(sock, name, f"{name}p", master=links.index_of(sock, bridge))
 
 
 def host_state(bridge: str = BRIDGE) -> dict:
     """What the engine may have made in this namespace: links, the nftables table, ip_forward."""
-    with links.host() as ipr:
-        names = sorted(link["name"] for link in links.read_links(ipr))
+    with links.host() as sock:
+        names = sorted(link["name"] for link in links.read_links(sock))
     return {"links": names, "table": nat.list_table(bridge), "ip_forward": nat.ip_forward()}
 
 
@@ -195,7 +195,7 @@ def real_host_untouched():
 def host():
     """The host: its loopback up, as a real host's is; no other link."""
     ns = Netns()
-    ns.call(links.set_loopback_up, ns.pid)
+    ns.call(links.bring_loopback_up)
     yield ns
     ns.close()
 
@@ -297,8 +297,11 @@ def test_resolv_conf_never_points_at_the_containers_own_loopback(workdir):
 
 def test_none_mode_has_loopback_up_and_no_route(host, containers, state):
     box = containers()
-    attachment = host.call(network.attach, "quiet", box.pid, "none", state_dir=state)
-    assert attachment.address is None and "127.0.0.1\tlocalhost" in attachment.files.hosts
+    assert [link["state"] for link in host.call(network.observe, box.pid)["links"]] == ["down"]  # lo, new
+    box.call(network.bring_loopback_up)  # from inside, as the runtime's child does after unshare
+    attachment = host.call(network.attach, "quiet", box.pid, "none", state_dir=state, hostname="q")
+    assert attachment.address is None and attachment.files == files.loopback_files("q")
+    assert "127.0.0.1\tlocalhost" in attachment.files.hosts and attachment.files.resolv_conf == ""
     seen = host.call(network.observe, box.pid)
     assert [(link["name"], link["state"], link["addresses"]) for link in seen["links"]] == \
         [("lo", "up", ["127.0.0.1/8"])]
@@ -483,13 +486,14 @@ def test_exhausted_subnet(host, containers, state):
 
 def test_a_failure_halfway_undoes_everything(host, containers, state):
     box = containers()
-    box.call(make_link, "eth0")  # the veth will move in, then fail to be renamed eth0
+    box.call(make_link, "eth0")  # the bridge is made, then the veth's end cannot be born there as eth0
     with pytest.raises(ContainerError) as err:
         attach_in(host, state, "clash", box.pid, publish=["8080:80"])
-    assert_one_line(err, "cannot attach container clash", "setting up eth0", "File exists")
+    assert_one_line(err, "cannot attach container clash", "creating veth pair", "eth0 in the network "
+                    f"namespace of pid {box.pid}", "RTM_NEWLINK: File exists")
     assert_nothing_left(host, state)
     assert sorted(link["name"] for link in host.call(network.observe, box.pid)["links"]) == \
-        ["eth0", "eth0p", "lo"]  # the moved end went with its pair
+        ["eth0", "eth0p", "lo"]  # the pair is made whole or not at all
 
 
 def test_prune_removes_what_dead_containers_left(host, containers, state):
@@ -514,3 +518,65 @@ def test_observe_refuses_a_missing_pid():
     with pytest.raises(ContainerError) as err:
         network.observe(2 ** 22 + 1)
     assert_one_line(err, "cannot read the network namespace of pid")
+
+
+
+# --- the wire, the nftables library and the runtime's plan -------------------------------------------
+
+def refusal_of_unknown_link_kind() -> tuple[int, str] | None:
+    """What the kernel answers to `ip link add bogus type nosuchkind`, as the rtnetlink module reports it."""
+    kind = rt.attribute(rt.IFLA_LINKINFO, rt.attribute(rt.IFLA_INFO_KIND, "nosuchkind"))
+    with links.host() as sock:
+        try:
+            sock.request((rt.RTM_NEWLINK, rt.NLM_F_CREATE | rt.NLM_F_EXCL,
+                          rt.link(0, 0, 0, rt.attribute(rt.IFLA_IFNAME, "bogus"), kind)))
+        except OSError as err:
+            return err.errno, err.strerror
+    return None
+
+
+def delete_named(name: str) -> bool:
+    with links.host() as sock:
+        return links.delete_link(sock, name)
+
+
+def test_rtnetlink_refusals_carry_the_errno_and_the_kernels_words(host):
+    assert host.call(refusal_of_unknown_link_kind) == \
+        (errno.EOPNOTSUPP, "RTM_NEWLINK: Operation not supported (Unknown device type)")
+    host.call(make_link, "twice")
+    with pytest.raises(OSError) as err:
+        host.call(make_link, "twice")
+    assert err.value.errno == errno.EEXIST and err.value.strerror == "RTM_NEWLINK: File exists"
+    assert host.call(delete_named, "twice") is True  # and its peer with it
+    assert (host.call(delete_named, "twice"), host.call(delete_named, "twicep")) == (False, False)
+    assert host.call(host_state)["links"] == ["lo"]
+
+
+def test_a_ruleset_that_nftables_refuses_is_one_line_and_leaves_no_table(host):
+    with pytest.raises(ContainerError) as err:
+        host.call(nat.write_table, BRIDGE, "10.99.0.0/33", [])
+    assert_one_line(err, f"writing nftables table ip {BRIDGE}: nftables refused the ruleset: Error:")
+    assert host.call(nat.table_exists, BRIDGE) is False
+    host.call(nat.write_table, BRIDGE, SUBNET, [])
+    assert host.call(nat.table_exists, BRIDGE) is True and "masquerade" in host.call(nat.list_table, BRIDGE)
+    host.call(nat.delete_table, BRIDGE)
+    host.call(nat.delete_table, BRIDGE)  # a second delete has nothing to do
+    assert host.call(host_state) == {"links": ["lo"], "table": "", "ip_forward": "0"}
+
+
+def test_the_network_stage_loads_no_netlink_library():
+    """`import mini_container.network` stays light: minictl pays for it on every bridge or none container."""
+    code = ("import sys, mini_container.network; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'pyroute2', 'asyncio'}))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert done.stdout == "[]\n"
+
+
+@pytest.mark.parametrize("mode, parent_step", [("none", False), ("bridge", True)])
+def test_only_a_bridge_needs_a_parent_step(workdir, mode, parent_step):
+    """--network none is done by the child's net step alone (lo up, from inside); a bridge is plugged in."""
+    spec = ContainerSpec(id="c", name="c", image="busybox", lowers=[], directory=workdir, command=["true"],
+                         network=mode)
+    names = [step.name for step in plan(spec)]
+    assert "net" in names and ("network" in names) == parent_step

@@ -128,7 +128,7 @@ def _network_flags(args) -> tuple[str, dict | None]:
         if kind != "bridge":
             raise InvalidArgumentError(f"cannot publish ports with --network {args.network}: published ports "
                                        "go through the bridge")
-        from ..network import parse_publish  # pyroute2 is slow to import: only when it is needed
+        from ..network import parse_publish  # the network stage: only when ports are published
 
         for text in args.publish:
             parse_publish(text)

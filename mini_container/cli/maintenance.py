@@ -38,6 +38,6 @@ def _prune_network(root: str) -> list[str]:
     state = Path(root) / "network"
     if not state.is_dir():
         return []
-    from .. import network  # pyroute2 is slow to import
+    from .. import network  # only where there is network state
 
     return network.prune(state)

@@ -52,6 +52,11 @@ def hosts(own: tuple[str, list[str]] | None, others: list[tuple[str, list[str]]]
     return "".join(lines)
 
 
+def loopback_files(hostname: str) -> NetworkFiles:
+    """The files of a container whose only link is lo (--network none): localhost, its name, no resolver."""
+    return NetworkFiles(hosts(None, []), f"{hostname}\n", "")
+
+
 def _nameserver(line: str) -> str | None:
     words = line.split()
     return words[1] if len(words) > 1 and words[0] == "nameserver" else None

@@ -6,7 +6,7 @@ way the CNI host-local plugin does, in its network state directory:
 
     network.json          the network: bridge, subnet, gateway, the last address handed out, and the
                           host's net.ipv4.ip_forward before the engine turned it on (to restore it)
-    leases/ID.json        one per attached container: its address, its veth names, its published ports,
+    leases/ID.json        one per attached container: its address, its veth's name, its published ports,
                           its names for /etc/hosts, the pid and network namespace it was attached to
     lock                  flock(2)ed by every engine process for the whole of an attach, detach or prune
 
@@ -63,8 +63,7 @@ class Lease:
     address: str
     pid: int
     netns: int  # the inode of /proc/PID/ns/net at attach time: the container is live while they match
-    host_veth: str
-    peer_veth: str  # the container's end before it moves and becomes eth0
+    host_veth: str  # the host's end of the container's veth pair (the other end is its eth0)
     publish: list[dict] = field(default_factory=list)  # PortMapping fields
     names: list[str] = field(default_factory=list)
     files_dir: str | None = None

@@ -1,211 +1,235 @@
-"""Links, addresses and routes through rtnetlink (pyroute2): a bridge, veth pairs, the netns move.
+"""Links, addresses and routes: a bridge, veth pairs, a container's eth0, each one rtnetlink request.
 
-Everything here is an rtnetlink message sent on an AF_NETLINK socket (`ip -d link`, `ip addr`,
-`ip route` send the same ones):
+Everything here is a message of `rtnetlink` (see that module for their layout), the ones `ip` sends:
 
-- RTM_NEWLINK with IFLA_INFO_KIND "bridge" or "veth" creates a link (`ip link add mini0 type bridge`,
-  `ip link add vethX type veth peer name cethX`); RTM_DELLINK deletes one. Deleting either end of a veth
-  pair deletes both, and so does the death of the network namespace that holds one end.
-- RTM_NEWLINK on an existing link changes it: IFLA_MASTER enslaves it to a bridge (`ip link set vethX
-  master mini0`), IFF_UP brings it up, IFLA_IFNAME renames it (only while it is down: EBUSY otherwise),
-  and IFLA_NET_NS_PID moves it into the network namespace of a pid (`ip link set cethX netns PID`).
-  After the move the link has a new index in its new namespace, and addresses it had are gone.
-- RTM_NEWADDR gives an address (`ip addr add 10.88.0.2/16 dev eth0`), and with it the kernel adds the
-  connected route 10.88.0.0/16; RTM_NEWROUTE adds the default route (`ip route add default via 10.88.0.1`).
+- RTM_NEWLINK with IFLA_INFO_KIND "bridge" creates a bridge (`ip link add mini0 up type bridge
+  forward_delay 0`); RTM_DELLINK deletes a link (`ip link del NAME`), found by its name.
+- One RTM_NEWLINK makes a container's whole cable (`ip link add vethX up master mini0 type veth peer
+  name eth0 netns PID`): a veth pair whose host end is up and plugged into the bridge (IFLA_MASTER), and
+  whose other end is born in the container's network namespace (IFLA_NET_NS_PID in the peer's own
+  attributes), already named eth0. Made on the host and then moved (`ip link set cethX netns PID`), the
+  peer would be registered twice, and renamed while down; deleting either end deletes both, and so
+  does the death of the network namespace that holds one end.
+- Inside the container's namespace: RTM_NEWLINK with IFF_UP brings eth0 up (the peer cannot be made
+  up with the pair: the kernel opens it before it has a peer, ENOTCONN), RTM_NEWADDR gives it an address
+  (`ip addr add 10.88.0.2/16 dev eth0`, which adds the connected route 10.88.0.0/16), RTM_NEWROUTE the
+  default route (`ip route add default via 10.88.0.1`): three requests, sent in one send(2).
 
 A netlink socket talks to the network namespace it was created in, whatever thread uses it later. To
-configure a container's namespace without moving the engine, `in_netns_of(pid)` starts a thread, joins
-/proc/PID/ns/net with setns(2) in it (a net namespace may be joined by one thread of a multi-threaded
-process), opens the socket, goes back, and hands the socket to pyroute2. `ip netns exec` instead runs a
-whole process in the namespace; pyroute2's own `netns=` forks a helper for each socket.
+configure a container's namespace without moving the engine, `in_netns_of(pid)` joins /proc/PID/ns/net
+with setns(2), opens the socket, and at once joins its own namespace again: setns moves only the calling
+thread (a net namespace may be joined by one thread of a multi-threaded process, such as a Jupyter
+kernel), and only for those few microseconds. `ip netns exec` instead runs a whole process there.
+
+Loopback, from inside: a new namespace's `lo` is down, so 127.0.0.1 answers nothing. The runtime's child
+brings it up itself right after unshare(CLONE_NEWNET) (`bring_loopback_up`), with the older interface
+that `ifconfig lo up` uses: ioctl(SIOCGIFFLAGS) and ioctl(SIOCSIFFLAGS) with IFF_UP on a `struct ifreq`
+naming "lo", through any socket of the namespace.
+
+Traps: a bridge forwards through a new port only once the port is in the "forwarding" state; with STP
+off (the default) that is at once, and forward_delay 0 keeps it so should STP be turned on
+(`bridge link` shows the state). Link names are at most 15 bytes (IFNAMSIZ). Deleting a link is the
+slow part: the kernel waits for RCU grace periods (rcu_barrier) before it frees it, ~15 ms for a veth
+and ~30 ms for a bridge on the machine of docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import os
+import fcntl
+import ipaddress
 import socket
-import threading
+import struct
 from collections.abc import Iterator
 from typing import Any
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-
 from .. import syscalls
+from . import rtnetlink as rt
+from .rtnetlink import Rtnetlink
 
 CONTAINER_LINK = "eth0"  # the name of the container's end of its veth, inside its namespace
 
+# <linux/sockios.h>: the flags of a link by name, through a struct ifreq (16 bytes of name, then a short)
+SIOCGIFFLAGS, SIOCSIFFLAGS = 0x8913, 0x8914
+IFREQ_FLAGS = struct.Struct("16sh22x")  # sizeof(struct ifreq) is 40 on 64-bit Linux
 
-def host() -> IPRoute:
+
+def bring_loopback_up() -> None:
+    """Bring `lo` of the caller's own network namespace up (`ifconfig lo up`): 127.0.0.1 starts to answer."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        name, flags = IFREQ_FLAGS.unpack(fcntl.ioctl(sock, SIOCGIFFLAGS, IFREQ_FLAGS.pack(b"lo", 0)))
+        fcntl.ioctl(sock, SIOCSIFFLAGS, IFREQ_FLAGS.pack(name, flags | rt.IFF_UP))
+
+
+def host() -> Rtnetlink:
     """An rtnetlink socket in the caller's own network namespace (the host's)."""
-    return IPRoute()
+    return Rtnetlink()
 
 
 def _netlink_socket_in(pid: int) -> int:
-    """A NETLINK_ROUTE socket created inside the network namespace of `pid`; the caller stays put."""
-    target = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    outcome: dict[str, Any] = {}
-
-    def joined() -> None:
-        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    """A NETLINK_ROUTE socket made inside the network namespace of `pid`; the calling thread comes back."""
+    with open(f"/proc/{pid}/ns/net", "rb") as target, open("/proc/thread-self/ns/net", "rb") as home:
+        syscalls.setns(target.fileno(), syscalls.CLONE_NEWNET)
         try:
-            syscalls.setns(target, syscalls.CLONE_NEWNET)
-            try:
-                sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC,
-                                     socket.NETLINK_ROUTE)
-            finally:
-                syscalls.setns(home, syscalls.CLONE_NEWNET)
-            outcome["fd"] = sock.detach()
-        except BaseException as err:  # raised again in the caller's thread
-            outcome["error"] = err
+            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)  # close-on-exec
         finally:
-            os.close(home)
-
-    try:
-        thread = threading.Thread(target=joined, name=f"netns-{pid}")
-        thread.start()
-        thread.join()
-    finally:
-        os.close(target)
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["fd"]
+            syscalls.setns(home.fileno(), syscalls.CLONE_NEWNET)
+    return sock.detach()
 
 
 @contextlib.contextmanager
-def in_netns_of(pid: int) -> Iterator[IPRoute]:
+def in_netns_of(pid: int) -> Iterator[Rtnetlink]:
     """An rtnetlink socket inside the network namespace of `pid` (ip -n / nsenter -t PID -n ip ...)."""
-    with IPRoute(fileno=_netlink_socket_in(pid)) as ipr:
-        yield ipr
+    with Rtnetlink(fileno=_netlink_socket_in(pid)) as sock:
+        yield sock
 
 
-def index_of(ipr: IPRoute, name: str) -> int | None:
+def index_of(sock: Rtnetlink, name: str) -> int | None:
     """The index of link `name`, or None if there is none (`ip link show NAME`: one RTM_GETLINK)."""
     try:
-        return ipr.link("get", ifname=name)[0]["index"]
-    except NetlinkError as err:
-        if err.code == errno.ENODEV:
+        answer = sock.get(rt.RTM_GETLINK, rt.link(0, 0, 0, rt.attribute(rt.IFLA_IFNAME, name)))
+    except OSError as err:
+        if err.errno == errno.ENODEV:
             return None
         raise
+    return rt.IFINFOMSG.unpack_from(answer)[2]
 
 
-def _index(ipr: IPRoute, name: str) -> int:
-    index = index_of(ipr, name)
+def _index(sock: Rtnetlink, name: str) -> int:
+    index = index_of(sock, name)
     if index is None:
-        raise NetlinkError(errno.ENODEV, f"no link named {name}")
+        raise OSError(errno.ENODEV, f"no link named {name}")
     return index
 
 
-def create_bridge(ipr: IPRoute, name: str, address: str, prefixlen: int) -> int:
-    """A bridge with the gateway address, up (`ip link add NAME type bridge; ip addr add; ip link set up`).
+def create_bridge(sock: Rtnetlink, name: str, address: str, prefixlen: int) -> int:
+    """A bridge, up, with the gateway address: `ip link add NAME up type bridge forward_delay 0; ip addr add`.
 
     A bridge is a software switch: frames that come in on one port go out on the port that has the
     destination MAC. The address on the bridge itself makes the host a member of the segment, and so
     the containers' gateway. Returns its index. Undo: `delete_link(name)`.
     """
-    ipr.link("add", ifname=name, kind="bridge")
-    index = _index(ipr, name)
-    ipr.addr("add", index=index, address=address, prefixlen=prefixlen)
-    ipr.link("set", index=index, state="up")
+    kind = rt.attribute(rt.IFLA_INFO_KIND, "bridge")
+    data = rt.attribute(rt.IFLA_INFO_DATA, rt.attribute(rt.IFLA_BR_FORWARD_DELAY, 0))
+    sock.request((rt.RTM_NEWLINK, rt.NLM_F_CREATE | rt.NLM_F_EXCL,
+                  rt.link(0, rt.IFF_UP, rt.IFF_UP, rt.attribute(rt.IFLA_IFNAME, name),
+                          rt.attribute(rt.IFLA_LINKINFO, kind + data))))
+    index = _index(sock, name)
+    add_address(sock, index, address, prefixlen)
     return index
 
 
-def create_veth_pair(ipr: IPRoute, name: str, peer: str) -> tuple[int, int]:
-    """A veth pair `name` <-> `peer`, both in the caller's namespace for now; their indexes.
+def create_veth_pair(sock: Rtnetlink, name: str, peer: str, *, master: int | None = None,
+                     peer_pid: int | None = None) -> int:
+    """A veth pair: `name` here, up, a port of bridge `master` if given; `peer` in the netns of `peer_pid`.
 
-    A veth pair is a virtual cable: a frame sent into one end comes out of the other. Undo:
-    `delete_link(name)`.
+    `ip link add NAME up [master BRIDGE] type veth peer name PEER [netns PID]`, one RTM_NEWLINK. A veth
+    pair is a virtual cable: a frame sent into one end comes out of the other. The peer is down (see
+    `configure_container_end`); without `peer_pid` it stays in this namespace. Returns the index of
+    `name`. Undo: `delete_link(name)`.
     """
-    ipr.link("add", ifname=name, kind="veth", peer=peer)
-    return _index(ipr, name), _index(ipr, peer)
+    peer_attributes = [rt.attribute(rt.IFLA_IFNAME, peer)]
+    if peer_pid is not None:
+        peer_attributes.append(rt.attribute(rt.IFLA_NET_NS_PID, peer_pid))
+    peer_link = rt.attribute(rt.VETH_INFO_PEER, rt.link(0, 0, 0, *peer_attributes))
+    info = rt.attribute(rt.IFLA_INFO_KIND, "veth") + rt.attribute(rt.IFLA_INFO_DATA, peer_link)
+    attributes = [rt.attribute(rt.IFLA_IFNAME, name), rt.attribute(rt.IFLA_LINKINFO, info)]
+    if master is not None:
+        attributes.append(rt.attribute(rt.IFLA_MASTER, master))
+    sock.request((rt.RTM_NEWLINK, rt.NLM_F_CREATE | rt.NLM_F_EXCL,
+                  rt.link(0, rt.IFF_UP, rt.IFF_UP, *attributes)))
+    return _index(sock, name)
 
 
-def plug_into_bridge(ipr: IPRoute, index: int, bridge: int) -> None:
-    """Make link `index` a port of the bridge `bridge`, and bring it up (`ip link set NAME master BR up`)."""
-    ipr.link("set", index=index, master=bridge, state="up")
-
-
-def move_to_netns_of(ipr: IPRoute, index: int, pid: int) -> None:
-    """Move link `index` into the network namespace of `pid` (`ip link set NAME netns PID`)."""
-    ipr.link("set", index=index, net_ns_pid=pid)
+def add_address(sock: Rtnetlink, index: int, address: str, prefixlen: int) -> None:
+    """Give link `index` an IPv4 address (`ip addr add ADDRESS/PREFIXLEN dev LINK`)."""
+    sock.request((rt.RTM_NEWADDR, rt.NLM_F_CREATE | rt.NLM_F_EXCL, rt.address(index, address, prefixlen)))
 
 
 def configure_container_end(pid: int, name: str, address: str, prefixlen: int, gateway: str) -> None:
-    """Inside the netns of `pid`: rename `name` to eth0, give it `address`, bring it and lo up, route out.
+    """Inside the netns of `pid`: bring `name` up, give it `address`, and a default route via `gateway`.
 
-    `ip -n NS link set NAME name eth0; ip -n NS addr add ADDRESS/PREFIX dev eth0; ip -n NS link set eth0
-    up; ip -n NS link set lo up; ip -n NS route add default via GATEWAY`.
+    `ip -n NS link set NAME up; ip -n NS addr add ADDRESS/PREFIXLEN dev NAME; ip -n NS route add default
+    via GATEWAY`, in one send(2). The route needs the address first: its gateway must be on a subnet
+    that a link of the namespace reaches.
     """
-    with in_netns_of(pid) as ipr:
-        index = _index(ipr, name)
-        ipr.link("set", index=index, ifname=CONTAINER_LINK)
-        ipr.addr("add", index=index, address=address, prefixlen=prefixlen)
-        ipr.link("set", index=index, state="up")
-        ipr.link("set", index=_index(ipr, "lo"), state="up")
-        ipr.route("add", dst="0.0.0.0/0", gateway=gateway)
+    with in_netns_of(pid) as sock:
+        index = _index(sock, name)
+        sock.request((rt.RTM_NEWLINK, 0, rt.link(index, rt.IFF_UP, rt.IFF_UP)),
+                     (rt.RTM_NEWADDR, rt.NLM_F_CREATE | rt.NLM_F_EXCL, rt.address(index, address, prefixlen)),
+                     (rt.RTM_NEWROUTE, rt.NLM_F_CREATE | rt.NLM_F_EXCL, rt.default_route(gateway)))
 
 
-def set_loopback_up(pid: int) -> None:
-    """Bring `lo` up in the netns of `pid` (a new namespace has it, down): 127.0.0.1 starts to work."""
-    with in_netns_of(pid) as ipr:
-        ipr.link("set", index=_index(ipr, "lo"), state="up")
-
-
-def delete_link(ipr: IPRoute, name: str) -> bool:
+def delete_link(sock: Rtnetlink, name: str) -> bool:
     """Delete link `name` if it exists (`ip link del NAME`); True if it did. A veth takes its peer along."""
-    index = index_of(ipr, name)
-    if index is None:
-        return False
     try:
-        ipr.link("del", index=index)
-    except NetlinkError as err:
-        if err.code != errno.ENODEV:  # gone meanwhile (its peer's namespace died)
-            raise
-        return False
+        sock.request((rt.RTM_DELLINK, 0, rt.link(0, 0, 0, rt.attribute(rt.IFLA_IFNAME, name))))
+    except OSError as err:
+        if err.errno == errno.ENODEV:  # not there, or gone meanwhile (its peer's namespace died)
+            return False
+        raise
     return True
 
 
-def ports_of(ipr: IPRoute, bridge: str) -> list[str]:
+def ports_of(sock: Rtnetlink, bridge: str) -> list[str]:
     """Names of the links enslaved to `bridge` (`ip link show master BRIDGE`)."""
-    index = index_of(ipr, bridge)
-    if index is None:
-        return []
-    return [link.get("ifname") for link in ipr.get_links(master=index)]
+    links = read_links(sock)
+    return [link["name"] for link in links if link["master"] == bridge]
 
 
 # --- reading a namespace back --------------------------------------------------------------------
 
-def read_links(ipr: IPRoute) -> list[dict[str, Any]]:
+def read_links(sock: Rtnetlink) -> list[dict[str, Any]]:
     """Links with their IPv4 addresses (`ip -br addr`), and the bridge each is a port of (`master`).
 
     `peer_index` is, for a veth, the index of its peer (`eth0@if7`), in the namespace that
     `peer_netnsid` numbers (None when the peer is in the same namespace).
     """
-    messages = list(ipr.get_links())
-    names = {msg["index"]: msg.get("ifname") for msg in messages}
-    links = {}
-    for msg in messages:
-        info = msg.get("linkinfo")
-        links[msg["index"]] = {
-            "name": msg.get("ifname"), "index": msg["index"], "state": msg["state"],
-            "mac": msg.get("address"), "kind": info.get("kind") if info else None,
-            "peer_index": msg.get("link"), "peer_netnsid": msg.get("link_netnsid"),
-            "master": names.get(msg.get("master")), "addresses": []}
-    for msg in ipr.get_addr(family=socket.AF_INET):
-        if msg["index"] in links:
-            links[msg["index"]]["addresses"].append(f"{msg.get('address')}/{msg['prefixlen']}")
+    links, masters = {}, {}
+    for payload in sock.dump(rt.RTM_GETLINK, rt.link()):
+        _, _, index, flags, _ = rt.IFINFOMSG.unpack_from(payload)
+        attrs = rt.attributes(payload[rt.IFINFOMSG.size:])
+        kind = rt.attributes(attrs.get(rt.IFLA_LINKINFO, b"")).get(rt.IFLA_INFO_KIND)
+        netnsid = attrs.get(rt.IFLA_LINK_NETNSID)
+        masters[index] = _u32(attrs.get(rt.IFLA_MASTER))
+        links[index] = {
+            "name": _text(attrs[rt.IFLA_IFNAME]), "index": index,
+            "state": "up" if flags & rt.IFF_UP else "down",
+            "mac": attrs.get(rt.IFLA_ADDRESS, b"").hex(":") or None, "kind": _text(kind) if kind else None,
+            "peer_index": _u32(attrs.get(rt.IFLA_LINK)),
+            "peer_netnsid": struct.unpack("=i", netnsid)[0] if netnsid else None, "addresses": []}
+    for index, master in masters.items():
+        links[index]["master"] = links[master]["name"] if master in links else None
+    for payload in sock.dump(rt.RTM_GETADDR, rt.IFADDRMSG.pack(socket.AF_INET, 0, 0, 0, 0)):
+        family, prefixlen, _, _, index = rt.IFADDRMSG.unpack_from(payload)
+        attrs = rt.attributes(payload[rt.IFADDRMSG.size:])
+        raw = attrs.get(rt.IFA_LOCAL) or attrs.get(rt.IFA_ADDRESS)  # LOCAL is ours on point-to-point links
+        if family == socket.AF_INET and raw and index in links:
+            links[index]["addresses"].append(f"{ipaddress.IPv4Address(raw)}/{prefixlen}")
     return sorted(links.values(), key=lambda link: link["index"])
 
 
-def read_routes(ipr: IPRoute) -> list[dict[str, Any]]:
+def read_routes(sock: Rtnetlink) -> list[dict[str, Any]]:
     """The IPv4 main routing table (`ip route`): destination, gateway and device of each route."""
-    names = {msg["index"]: msg.get("ifname") for msg in ipr.get_links()}
+    names = {link["index"]: link["name"] for link in read_links(sock)}
     routes = []
-    for msg in ipr.get_routes(family=socket.AF_INET, table=254):
-        dst = msg.get("dst")
-        routes.append({"dst": f"{dst}/{msg['dst_len']}" if dst else "default",
-                       "gateway": msg.get("gateway"), "dev": names.get(msg.get("oif")),
-                       "source": msg.get("prefsrc")})
+    for payload in sock.dump(rt.RTM_GETROUTE, rt.RTMSG.pack(socket.AF_INET, 0, 0, 0, 0, 0, 0, 0, 0)):
+        family, dst_len, _, _, table, _, _, _, _ = rt.RTMSG.unpack_from(payload)
+        attrs = rt.attributes(payload[rt.RTMSG.size:])
+        if family != socket.AF_INET or table != rt.RT_TABLE_MAIN:
+            continue
+        dst, gateway, source = (attrs.get(kind) for kind in (rt.RTA_DST, rt.RTA_GATEWAY, rt.RTA_PREFSRC))
+        routes.append({"dst": f"{ipaddress.IPv4Address(dst)}/{dst_len}" if dst else "default",
+                       "gateway": str(ipaddress.IPv4Address(gateway)) if gateway else None,
+                       "dev": names.get(_u32(attrs.get(rt.RTA_OIF))),
+                       "source": str(ipaddress.IPv4Address(source)) if source else None})
     return routes
+
+
+def _text(raw: bytes) -> str:
+    return raw.rstrip(b"\0").decode()
+
+
+def _u32(raw: bytes | None) -> int | None:
+    return struct.unpack("=I", raw)[0] if raw else None

@@ -35,11 +35,13 @@ Traps, each one a rule or a setting below:
   same hook. A host whose forward chain drops (docker sets iptables' FORWARD policy to DROP) drops
   container traffic too, until it accepts the bridge's.
 
-The table (`table ip BRIDGE`, named after the bridge) is written whole by `nft -f -`, the way
-`nft -f FILE` loads a ruleset: one netlink transaction that the kernel applies all at once or not at all.
-It is rebuilt from the leases whenever a published port comes or goes, so there is never a rule whose
-container is unknown, and deleting the table deletes every rule the engine made. The host's own tables
-are never touched.
+The table (`table ip BRIDGE`, named after the bridge) is written whole, the way `nft -f FILE` loads a
+ruleset: one netlink transaction that the kernel applies all at once or not at all. It is rebuilt from
+the leases whenever a published port comes or goes, so there is never a rule whose container is unknown,
+and deleting the table deletes every rule the engine made. The host's own tables are never touched.
+The engine hands the script to libnftables, the library that the `nft` command is a thin shell around
+(`syscalls.nft_run_cmd_from_buffer`): the same parser and the same transaction, in the engine's own
+process. Running `nft` for each change cost ~20 ms: the program's start-up, and its exit (see `_context`).
 
 Look at it: `nft list table ip mini0`, `sysctl net.ipv4.ip_forward net.ipv4.conf.mini0.route_localnet`.
 """
@@ -48,12 +50,13 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import os
 import re
 import socket
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import syscalls
 from ..errors import ContainerError, InvalidArgumentError
 
 PROTOCOLS = ("tcp", "udp")
@@ -168,15 +171,35 @@ def render_table(bridge: str, subnet: str, published: list[tuple[str, str, PortM
     ])
 
 
-def _nft(script: str, doing: str) -> None:
+_CONTEXTS: dict[tuple[int, int], object] = {}  # (pid, network namespace inode) -> a libnftables context
+
+
+def _context() -> object:
+    """This process's libnftables context for the calling thread's network namespace, made at first use.
+
+    It is kept, not freed after each script, for the kernel's sake: closing an nftables netlink socket
+    waits until the kernel has freed whatever that socket's transactions deleted (nft_rcv_nl_event
+    flushes nf_tables' destroy work, which waits for an RCU grace period: 8-20 ms on the machine of
+    docs/benchmarks.md). `nft` pays it as it exits; an open socket lets the kernel free in the background.
+    The key holds the pid, as a forked child must not use its parent's socket, and the namespace, as a
+    socket talks to the one it was made in.
+    """
+    key = (os.getpid(), os.stat("/proc/thread-self/ns/net").st_ino)
+    if key not in _CONTEXTS:
+        _CONTEXTS[key] = syscalls.nft_ctx_new()
+    return _CONTEXTS[key]
+
+
+def _nft(script: str, doing: str) -> str:
+    """Run an nft script through libnftables; what it printed. A refusal is one line naming `doing`."""
     try:
-        done = subprocess.run(["nft", "-f", "-"], input=script, capture_output=True, text=True, check=False)
-    except FileNotFoundError:
-        raise ContainerError(f"{doing}: the nft command is missing: install Debian's nftables package "
-                             "(apt-get install nftables)") from None
-    if done.returncode != 0:
-        first = next((line for line in done.stderr.splitlines() if line.strip()), f"exit {done.returncode}")
-        raise ContainerError(f"{doing}: nft refused the ruleset: {first.strip()}")
+        result, output, errors = syscalls.nft_run_cmd_from_buffer(_context(), script)
+    except OSError as err:
+        raise ContainerError(f"{doing}: {err.strerror}") from None
+    if result != 0:
+        first = next((line for line in errors.splitlines() if line.strip()), f"libnftables returned {result}")
+        raise ContainerError(f"{doing}: nftables refused the ruleset: {first.strip()}")
+    return output
 
 
 def write_table(bridge: str, subnet: str, published: list[tuple[str, str, PortMapping]]) -> None:
@@ -190,14 +213,16 @@ def delete_table(bridge: str) -> None:
 
 
 def table_exists(bridge: str) -> bool:
-    done = subprocess.run(["nft", "list", "table", "ip", bridge], capture_output=True, check=False)
-    return done.returncode == 0
+    """True if `table ip BRIDGE` exists (`nft list tables ip`)."""
+    tables = _nft("list tables ip", "listing nftables tables")
+    return f"table ip {bridge}" in tables.splitlines()
 
 
 def list_table(bridge: str) -> str:
     """The table as nft prints it (`nft list table ip BRIDGE`), or "" if there is none."""
-    done = subprocess.run(["nft", "list", "table", "ip", bridge], capture_output=True, text=True, check=False)
-    return done.stdout if done.returncode == 0 else ""
+    if not table_exists(bridge):
+        return ""
+    return _nft(f"list table ip {bridge}", f"listing nftables table ip {bridge}")
 
 
 def ip_forward() -> str:

@@ -50,10 +50,10 @@ class Step:
 _TITLES = {
     "uts": "unshare(CLONE_NEWUTS): a host name and domain name of its own",
     "ipc": "unshare(CLONE_NEWIPC): System V IPC objects and POSIX message queues of its own",
-    "net": "unshare(CLONE_NEWNET): a network stack of its own, holding only a loopback device",
+    "net": "unshare(CLONE_NEWNET): a network stack of its own, holding only a loopback device, brought up",
     "cgroup": "mkdir a cgroup, write its limits, write the child's pid to cgroup.procs",
     "netjoin": "setns(/proc/PID/ns/net): share another container's network namespace",
-    "network": "a veth pair, one end moved into the container as eth0, an address, a route, NAT",
+    "network": "a veth pair, one end born in the container as eth0, an address, a route, NAT",
     "cgroupns": "unshare(CLONE_NEWCGROUP): its own cgroup becomes the root it sees",
     "mnt": "unshare(CLONE_NEWNS) and mount --make-rprivate /: a mount table of its own",
     "pid": "unshare(CLONE_NEWPID) and fork(): the child is pid 1 of a new pid namespace",
@@ -89,7 +89,7 @@ def plan(spec: ContainerSpec) -> list[Step]:
         names.append("netjoin")
     names += [kind for kind in ("mnt", "pid") if kind in spec.namespaces]
     names.append("cgroup")
-    if spec.network in ("none", "bridge") and "net" in spec.namespaces and "net" not in spec.namespace_paths:
+    if spec.network == "bridge" and "net" in spec.namespaces:  # "none" is done by the child's net step
         names.append("network")
     if "cgroup" in spec.namespaces:
         names.append("cgroupns")
@@ -134,8 +134,8 @@ def _place_in_cgroup(spec: ContainerSpec, pid: int) -> cgroups.Cgroup:
 
 
 def _attach_network(spec: ContainerSpec, pid: int) -> object:
-    """Connect pid 1's network namespace: lo up ("none"), or a veth on the bridge with NAT ("bridge")."""
-    from .. import network  # pyroute2 is slow to import: only containers with a network pay for it
+    """Plug pid 1's network namespace into the bridge: a veth whose end inside is eth0, an address, NAT."""
+    from .. import network  # only the containers on a bridge need the host-side part of the stage
 
     return network.attach(spec.id, pid, spec.network, spec.publish, state_dir=spec.network_dir,
                           name=spec.name, hostname=spec.hostname, files_dir=spec.directory / "network")
@@ -185,6 +185,24 @@ def _unshare(kind: str) -> Callable[[ContainerSpec, socket.socket], dict]:
 
 def _hostname(spec: ContainerSpec, sock: socket.socket) -> dict:
     sc.sethostname(spec.hostname)
+    return {}
+
+
+def _net(spec: ContainerSpec, sock: socket.socket) -> dict:
+    """A network namespace of its own, and its lo brought up from inside, as runc's init does.
+
+    For --network none that is the whole network: its /etc files are written here, and no parent step
+    follows. A bridge's veth is plugged in later, from outside (the parent's network step).
+    """
+    from ..network import files, links
+
+    if "net" in spec.namespace_paths:  # joined (config.json gave its path): whoever made it set it up
+        _enter(spec, "net")
+        return {}
+    namespaces.unshare(["net"])
+    links.bring_loopback_up()
+    if spec.network == "none":
+        files.write(spec.directory / "network", files.loopback_files(spec.hostname or spec.id[:12]))
     return {}
 
 
@@ -318,7 +336,7 @@ def _readonly_root(spec: ContainerSpec, sock: socket.socket) -> dict:
 
 
 CHILD_STEPS: dict[str, Callable[[ContainerSpec, socket.socket], dict | None]] = {
-    "uts": _unshare("uts"), "ipc": _unshare("ipc"), "net": _unshare("net"), "cgroupns": _unshare("cgroup"),
+    "uts": _unshare("uts"), "ipc": _unshare("ipc"), "net": _net, "cgroupns": _unshare("cgroup"),
     "hostname": _hostname, "netjoin": _netjoin, "mnt": _mnt, "pid": _pid, "rootfs": _rootfs,
     "bundle_root": _bundle_root,
     "proc": _proc, "sys": _sys, "cgroupfs": _cgroupfs, "dev": _dev, "mqueue": _mqueue, "mounts": _mounts,
