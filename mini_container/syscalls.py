@@ -1,9 +1,9 @@
 """The only door to libc: the system calls that build a container.
 
 Python's `os` module already wraps many system calls (fork, execve, chroot, mknod, setsid, ...).
-The ones a container engine needs beyond those are declared here, through cffi in ABI mode:
-`ffi.dlopen(None)` opens the C library that the interpreter itself is linked against, so nothing is
-compiled at install time. Every wrapper checks the return value and, on failure, raises an `OSError`
+The ones a container engine needs beyond those are declared here (DECLARATIONS), through cffi in ABI
+mode: `ffi.dlopen(None)` opens the C library that the interpreter itself is linked against, so nothing
+is compiled at install time. Every wrapper checks the return value and, on failure, raises an `OSError`
 whose message names the call, its arguments and the errno name, for example:
 
     OSError: [Errno 16] pivot_root('/tmp/root', '/tmp/root/.old'): EBUSY (Device or resource busy)
@@ -18,14 +18,16 @@ kernel, read this file.
 from __future__ import annotations
 
 import errno
+import hashlib
+import importlib.util
 import os
 import platform
 
-from cffi import FFI
+import cffi
 
-ffi = FFI()
-ffi.cdef(
-    """
+# Every C declaration the engine uses, as the man pages give them.
+DECLARATIONS = """
+    /* namespaces, mounts, host names, prctl, and syscall(2) for the calls libc does not wrap */
     int unshare(int flags);
     int setns(int fd, int nstype);
     int mount(const char *source, const char *target, const char *filesystemtype,
@@ -35,8 +37,71 @@ ffi.cdef(
     int setdomainname(const char *name, size_t len);
     int prctl(int option, unsigned long arg2, unsigned long arg3, unsigned long arg4, unsigned long arg5);
     long syscall(long number, ...);
+
+    /* capabilities (capget/capset) and seccomp filters (libseccomp) */
+    typedef struct { uint32_t version; int pid; } cap_user_header;
+    typedef struct { uint32_t effective; uint32_t permitted; uint32_t inheritable; } cap_user_data;
+    int capget(cap_user_header *header, cap_user_data *data);
+    int capset(cap_user_header *header, const cap_user_data *data);
+
+    typedef void *scmp_filter_ctx;
+    struct scmp_arg_cmp { unsigned int arg; int op; uint64_t datum_a; uint64_t datum_b; };
+    scmp_filter_ctx seccomp_init(uint32_t def_action);
+    void seccomp_release(scmp_filter_ctx ctx);
+    uint32_t seccomp_arch_resolve_name(const char *arch_name);
+    int seccomp_arch_add(scmp_filter_ctx ctx, uint32_t arch_token);
+    int seccomp_attr_set(scmp_filter_ctx ctx, int attr, uint32_t value);
+    int seccomp_syscall_resolve_name(const char *name);
+    int seccomp_rule_add_array(scmp_filter_ctx ctx, uint32_t action, int syscall, unsigned int arg_cnt,
+                               const struct scmp_arg_cmp *arg_array);
+    int seccomp_export_pfc(scmp_filter_ctx ctx, int fd);
+
+    /* seccomp: the BPF program libseccomp exports, installed with seccomp(2) */
+    int seccomp_export_bpf(scmp_filter_ctx ctx, int fd);
+    struct sock_filter { uint16_t code; uint8_t jt; uint8_t jf; uint32_t k; };
+    struct sock_fprog { unsigned short len; struct sock_filter *filter; };
+
+    /* nftables: libnftables, the library that the nft command is a shell around */
+    void *nft_ctx_new(uint32_t flags);
+    void nft_ctx_free(void *ctx);
+    int nft_ctx_buffer_output(void *ctx);
+    const char *nft_ctx_get_output_buffer(void *ctx);
+    int nft_ctx_buffer_error(void *ctx);
+    const char *nft_ctx_get_error_buffer(void *ctx);
+    int nft_run_cmd_from_buffer(void *ctx, const char *buf);
+"""
+
+
+def _out_of_line_ffi(declarations: str) -> cffi.FFI:
+    """cffi's FFI for `declarations`, in its out-of-line ABI mode: parsed once, then kept.
+
+    In-line, `ffi.cdef()` has pycparser parse the declarations in every process that imports this
+    module, ~40 ms with pycparser's own import: a large part of every minictl command's start. Out of
+    line, cffi parses them once and writes the result as a small Python module (`ffi =
+    _cffi_backend.FFI(...)`, the types serialized), which later imports load in about a millisecond.
+    It is kept in __pycache__ beside this file, named by a hash of the declarations and cffi's version,
+    so that a change to either makes a new one. Where it cannot be written, they are parsed in-line.
     """
-)
+    name = "_libc_ffi_" + hashlib.sha256((declarations + cffi.__version__).encode()).hexdigest()[:16]
+    path = os.path.join(os.path.dirname(__file__), "__pycache__", name + ".py")
+    if not os.path.exists(path):
+        builder = cffi.FFI()
+        builder.cdef(declarations)
+        builder.set_source(name, None, compiler_verbose=0)  # (else it prints "generating ...")
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            partial = f"{path}.{os.getpid()}"
+            builder.emit_python_code(partial)
+            os.replace(partial, path)  # whole or absent, even with two processes building at once
+        except OSError:
+            return builder
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.ffi
+
+
+ffi = _out_of_line_ffi(DECLARATIONS)
 _libc = ffi.dlopen(None)
 
 # --- namespace flags, from <linux/sched.h> -------------------------------------------------------
@@ -175,26 +240,6 @@ def pidfd_send_signal(pidfd: int, signal: int) -> None:
 # --- process settings: capabilities (capget/capset) and seccomp filters (libseccomp) ---------------
 # Used by runtime/capabilities.py and runtime/seccomp.py.
 
-ffi.cdef(
-    """
-    typedef struct { uint32_t version; int pid; } cap_user_header;
-    typedef struct { uint32_t effective; uint32_t permitted; uint32_t inheritable; } cap_user_data;
-    int capget(cap_user_header *header, cap_user_data *data);
-    int capset(cap_user_header *header, const cap_user_data *data);
-
-    typedef void *scmp_filter_ctx;
-    struct scmp_arg_cmp { unsigned int arg; int op; uint64_t datum_a; uint64_t datum_b; };
-    scmp_filter_ctx seccomp_init(uint32_t def_action);
-    void seccomp_release(scmp_filter_ctx ctx);
-    uint32_t seccomp_arch_resolve_name(const char *arch_name);
-    int seccomp_arch_add(scmp_filter_ctx ctx, uint32_t arch_token);
-    int seccomp_attr_set(scmp_filter_ctx ctx, int attr, uint32_t value);
-    int seccomp_syscall_resolve_name(const char *name);
-    int seccomp_rule_add_array(scmp_filter_ctx ctx, uint32_t action, int syscall, unsigned int arg_cnt,
-                               const struct scmp_arg_cmp *arg_array);
-    int seccomp_export_pfc(scmp_filter_ctx ctx, int fd);
-    """
-)
 
 # prctl options for capabilities, dumpability and the death signal, from <linux/prctl.h>
 PR_GET_PDEATHSIG = 2
@@ -356,13 +401,6 @@ def openat2(dirfd: int, path: str, flags: int, mode: int = 0, resolve: int = 0) 
 
 # --- seccomp: a filter compiled once, installed many times -------------------------------------------
 # libseccomp exports the BPF program it generates; seccomp(2) installs such a program directly.
-ffi.cdef(
-    """
-    int seccomp_export_bpf(scmp_filter_ctx ctx, int fd);
-    struct sock_filter { uint16_t code; uint8_t jt; uint8_t jf; uint32_t k; };
-    struct sock_fprog { unsigned short len; struct sock_filter *filter; };
-    """
-)
 SECCOMP_SET_MODE_FILTER = 1
 # seccomp(2)'s flags for SECCOMP_SET_MODE_FILTER, from <linux/seccomp.h>
 SECCOMP_FILTER_FLAG_TSYNC = 1
@@ -408,17 +446,6 @@ for _name in ("unshare", "setns", "mount", "umount2", "sethostname", "setdomainn
 # does the same in its own process: the same parser, the same netlink transaction, no program started.
 # Opened at first use, not at import: only bridge networks need it, and loading it (with libnftnl,
 # libmnl, libxtables, libjansson and libgmp) takes ~1.5 ms.
-ffi.cdef(
-    """
-    void *nft_ctx_new(uint32_t flags);
-    void nft_ctx_free(void *ctx);
-    int nft_ctx_buffer_output(void *ctx);
-    const char *nft_ctx_get_output_buffer(void *ctx);
-    int nft_ctx_buffer_error(void *ctx);
-    const char *nft_ctx_get_error_buffer(void *ctx);
-    int nft_run_cmd_from_buffer(void *ctx, const char *buf);
-    """
-)
 _libnftables = None
 
 
