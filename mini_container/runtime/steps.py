@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import cgroups, namespaces, rootfs
+from .. import cgroups, namespaces, network, rootfs
 from .. import syscalls as sc
 from . import channel, execution, hooks
 from .spec import ContainerSpec, Mount
@@ -135,8 +135,6 @@ def _place_in_cgroup(spec: ContainerSpec, pid: int) -> cgroups.Cgroup:
 
 def _attach_network(spec: ContainerSpec, pid: int) -> object:
     """Plug pid 1's network namespace into the bridge: a veth whose end inside is eth0, an address, NAT."""
-    from .. import network  # only the containers on a bridge need the host-side part of the stage
-
     return network.attach(spec.id, pid, spec.network, spec.publish, state_dir=spec.network_dir,
                           name=spec.name, hostname=spec.hostname, files_dir=spec.directory / "network")
 
@@ -194,21 +192,17 @@ def _net(spec: ContainerSpec, sock: socket.socket) -> dict:
     For --network none that is the whole network: its /etc files are written here, and no parent step
     follows. A bridge's veth is plugged in later, from outside (the parent's network step).
     """
-    from ..network import files, links
-
     if "net" in spec.namespace_paths:  # joined (config.json gave its path): whoever made it set it up
         _enter(spec, "net")
         return {}
     namespaces.unshare(["net"])
-    links.bring_loopback_up()
+    network.bring_loopback_up()
     if spec.network == "none":
-        files.write(spec.directory / "network", files.loopback_files(spec.hostname or spec.id[:12]))
+        network.files.write(spec.directory / "network", network.loopback_files(spec.hostname or spec.id[:12]))
     return {}
 
 
 def _netjoin(spec: ContainerSpec, sock: socket.socket) -> dict:
-    from .. import network
-
     network.join(spec.network_join_pid)
     return {}
 
