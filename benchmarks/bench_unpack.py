@@ -23,8 +23,10 @@ it. The outputs are all kept until the end (about 3 x (rounds + 1) times the tar
 creating files right after thousands were deleted is several times slower (the inode allocator checks
 each recently freed inode, `recently_deleted()` in fs/ext4/ialloc.c, for ~30 s), and whoever ran after
 a deletion would pay for it. After the rounds, the warm-up round's three trees are compared (entries
-and bytes). Throughput is uncompressed bytes (the tar's size) per second. `--profile` adds one
-profiled engine unpack (pyinstrument if installed, else cProfile) to see where the time goes.
+and bytes). Throughput is uncompressed bytes (the tar's size) per second. Beside the wall time, each
+run's CPU time is taken (user + system, of all the threads and processes of the contender): on a
+shared machine wall times move with the load, CPU times much less. `--profile` adds one profiled
+engine unpack (pyinstrument if installed, else cProfile) to see where the time goes.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import hashlib
 import json
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -92,13 +95,14 @@ def main(argv: list[str] | None = None) -> int:
         source, origin = find_layer(options, work)
         layer = make_layout(source, origin, work / "layout")
         report_setup(layer, work)
-        contenders = [Contender("engine", lambda n: engine(layer, work / f"engine-{n}")),
-                      Contender("tar", lambda n: tar(layer, work / f"tar-{n}")),
-                      Contender("umoci", lambda n: umoci(layer, work / f"umoci-{n}"))]
+        cpu: dict[str, list[float]] = {"engine": [], "tar": [], "umoci": []}  # seconds, warm-up first
+        contenders = [Contender("engine", lambda n: engine(layer, work / f"engine-{n}", cpu["engine"])),
+                      Contender("tar", lambda n: tar(layer, work / f"tar-{n}", cpu["tar"])),
+                      Contender("umoci", lambda n: umoci(layer, work / f"umoci-{n}", cpu["umoci"]))]
         check_space(layer, work, options.rounds)
         alternate(contenders, options.rounds, between=os.sync)
         check_same_output(work)
-        report(layer, contenders)
+        report(layer, contenders, {name: times[-options.rounds:] for name, times in cpu.items()})
         if options.profile:
             profile(layer, work / "profiled")
     finally:
@@ -209,33 +213,41 @@ def _oci_arch() -> str:
 
 
 # --- the contenders -------------------------------------------------------------------------------
-# Each does one unpack into a fresh `target` and returns its wall time; the outputs stay until the end.
+# Each does one unpack into a fresh `target`, appends the CPU time it took to `cpu` and returns its wall
+# time; the outputs stay until the end.
 
 
-def engine(layer: Layer, target: Path) -> float:
+def engine(layer: Layer, target: Path, cpu: list[float]) -> float:
     with open(layer.path, "rb") as blob:
-        start = time.perf_counter()
+        start, used = time.perf_counter(), _cpu(resource.RUSAGE_SELF)  # this process: all its threads
         unpack.commit_layer(blob, target, image="bench", layer=layer.digest, diff_id=layer.diff_id)
+        cpu.append(_cpu(resource.RUSAGE_SELF) - used)
         return time.perf_counter() - start
 
 
-def tar(layer: Layer, target: Path) -> float:
+def tar(layer: Layer, target: Path, cpu: list[float]) -> float:
     target.mkdir()
-    return _command(["tar", "-xzf", str(layer.path), "-C", str(target)])
+    return _command(["tar", "-xzf", str(layer.path), "-C", str(target)], cpu)
 
 
-def umoci(layer: Layer, target: Path) -> float:
-    return _command([*_umoci_unpack(layer), str(target)])
+def umoci(layer: Layer, target: Path, cpu: list[float]) -> float:
+    return _command([*_umoci_unpack(layer), str(target)], cpu)
 
 
 def _umoci_unpack(layer: Layer) -> list[str]:
     return ["umoci", "--log", "error", "raw", "unpack", "--image", f"{layer.path.parents[2]}:bench"]
 
 
-def _command(argv: list[str]) -> float:
-    start = time.perf_counter()
+def _command(argv: list[str], cpu: list[float]) -> float:
+    start, used = time.perf_counter(), _cpu(resource.RUSAGE_CHILDREN)  # the waited-for children: tar, gzip
     subprocess.run(argv, check=True)
+    cpu.append(_cpu(resource.RUSAGE_CHILDREN) - used)
     return time.perf_counter() - start
+
+
+def _cpu(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
 
 
 def check_space(layer: Layer, work: Path, rounds: int) -> None:
@@ -280,11 +292,11 @@ def report_setup(layer: Layer, work: Path) -> None:
           f"{inflater}", flush=True)
 
 
-def report(layer: Layer, contenders: list[Contender]) -> None:
-    rows = [(c.name, seconds(c.times), spread(c.times), f"{layer.size / 1e6 / c.median:.0f}")
-            for c in contenders]
+def report(layer: Layer, contenders: list[Contender], cpu: dict[str, list[float]]) -> None:
+    rows = [(c.name, seconds(c.times), spread(c.times), f"{layer.size / 1e6 / c.median:.0f}",
+             seconds(cpu[c.name])) for c in contenders]
     print()
-    print(table(rows, ["contender", "median s", "min-max s", "MB/s (of tar)"]))
+    print(table(rows, ["contender", "median s", "min-max s", "MB/s (of tar)", "CPU s"]))
     engine_, tar_, umoci_ = contenders
     of_medians, paired = ratio(tar_, engine_)
     met = "met" if of_medians >= GOAL_VS_TAR else "NOT met"

@@ -12,6 +12,8 @@ import json
 import os
 import shutil
 import stat
+import subprocess
+import tarfile
 import tempfile
 import traceback
 
@@ -34,6 +36,7 @@ from malicious_layers import (
 from mini_container import syscalls
 from mini_container.image import layer_stream
 from mini_container.image.layer_stream import short_digest
+from mini_container.image.tar_headers import LayerTarInfo
 from mini_container.image.unpack import (
     LayerError,
     UnpackedLayer,
@@ -176,8 +179,16 @@ ROUND_TRIP = tar(
 )
 
 
+@pytest.fixture(params=[0o022, 0o077, 0], ids=["umask022", "umask077", "umask000"])
+def umask(request):
+    """Files are made with their mode less the umask, then fixed where that differs: any umask will do."""
+    old = os.umask(request.param)
+    yield request.param
+    os.umask(old)
+
+
 @pytest.mark.parametrize("mode", MODES)
-def test_every_entry_type_round_trips(mode, workdir):
+def test_every_entry_type_round_trips(mode, workdir, umask):
     root = unpack_stack(mode, workdir, [ROUND_TRIP])
 
     def lstat(path):
@@ -212,6 +223,26 @@ def test_every_entry_type_round_trips(mode, workdir):
     assert lstat("d/abs").st_mtime_ns == (MTIME + 3) * NS  # the symlink's own time, not its target's
     assert lstat("d").st_mtime_ns == (MTIME + 1) * NS  # set after its entries were written
     assert os.stat(root).st_mtime_ns == (MTIME + 9) * NS
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_directory_replaced_by_a_symlink_is_looked_up_again(mode, workdir):
+    """The unpacker keeps the last parent's directories open; once one is deleted, it walks again."""
+    layer = tar(directory("a"), directory("a/b"), file("a/b/one", b"1"), directory("c"),
+                symlink("a/b", "../c"), file("a/b/two", b"2"), file("a/three", b"3"))
+    root = unpack_stack(mode, workdir, [layer])
+    assert os.readlink(os.path.join(root, "a/b")) == "../c"
+    assert os.listdir(os.path.join(root, "c")) == ["two"]  # through the symlink, which stays inside
+    assert open(os.path.join(root, "a/three"), "rb").read() == b"3"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_directory_replaced_by_a_symlink_out_is_not_written_through(mode, workdir, canary):
+    before = snapshot(canary)
+    layer = tar(directory("d"), file("d/one"), symlink("d", canary), file("d/two"))
+    with pytest.raises(LayerError, match="entry 'd/two' leads outside the layer root through symlink"):
+        unpack_stack(mode, workdir, [layer])
+    assert snapshot(canary) == before
 
 
 # --- whiteouts -------------------------------------------------------------------------------------
@@ -396,6 +427,133 @@ def test_a_truncated_layer_is_refused(whole, blob, problem, workdir):
     with pytest.raises(LayerError, match=problem):
         commit_layer(io.BytesIO(blob), os.path.join(workdir, "layer"), image="t:1", layer="sha256:00",
                      diff_id=digest(whole))
+    assert os.listdir(workdir) == []
+
+
+# --- tar headers: tarfile's answers, decoded faster -------------------------------------------------
+
+def gnu_tar() -> str:
+    path = shutil.which("tar")
+    if path is None:
+        pytest.fail("GNU tar not found: the sparse-file tests need it (apt-get install tar)")
+    return path
+
+
+def sparse_tars(workdir: str) -> dict[str, tuple[bytes, bytes]]:
+    """GNU tar's sparse files in its four forms (old GNU 'S', PAX 0.0, 0.1, 1.0): (archive, content)."""
+    source = os.path.join(workdir, "sparse")
+    with open(source, "wb") as handle:
+        handle.seek(1 << 20)
+        handle.write(b"middle")
+        handle.seek(3 << 20)
+        handle.write(b"end")
+    content = open(source, "rb").read()
+    forms = {"gnu": ["--format=gnu"], **{f"pax-{v}": ["--format=pax", f"--sparse-version={v}"]
+                                         for v in ("0.0", "0.1", "1.0")}}
+    archives = {}
+    for form, options in forms.items():
+        archive = os.path.join(workdir, f"{form}.tar")
+        subprocess.run([gnu_tar(), "--sparse", *options, "-cf", archive, "-C", workdir, "sparse"], check=True)
+        archives[form] = (open(archive, "rb").read(), content)
+    os.unlink(source)
+    return archives
+
+
+def tar_with(format: int, *entries, **options) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=format, **options) as archive:
+        for info, data in entries:
+            archive.addfile(info, io.BytesIO(data) if data is not None else None)
+    return out.getvalue()
+
+
+def headers_corpus(workdir: str) -> dict[str, bytes]:
+    """Archives in the header forms tarfile reads, the rare ones included."""
+    long_name = "/".join(["directory"] * 30) + "/file"  # over 255 bytes: no ustar prefix can hold it
+    v7_dir = tarfile.TarInfo("v7dir/")  # a directory as old tars wrote it: a file whose name ends in /
+    v7_dir.type = tarfile.AREGTYPE
+    signed = bytearray(tarfile.TarInfo("caf\u00e9").tobuf(tarfile.USTAR_FORMAT))  # Sun's signed checksum
+    signed[148:156] = b"%06o\0 " % (256 + sum((b - 256 if b > 127 else b) for i, b in enumerate(signed)
+                                               if not 148 <= i < 156))
+    corpus = {
+        "ustar": tar_with(tarfile.USTAR_FORMAT, file("p" * 90 + "/" + "n" * 90, b"prefix"),
+                          directory("d/"), device("d/null", 1, 3), fifo("d/fifo"),
+                          symlink("d/link", "t" * 100), hardlink("d/hard", "d/null")),
+        "gnu": tar_with(tarfile.GNU_FORMAT, file(long_name, b"long"), symlink("s", "x" * 300),
+                        file("big-ids", b"", uid=2**40, gid=2**33), file("before-1970", b"", mtime=-86400)),
+        "pax": tar_with(tarfile.PAX_FORMAT, file(long_name, b"long"), symlink("s", "x" * 300),
+                        file("big-ids", b"", uid=2**40, gid=2**33, uname="u" * 40),
+                        file("nanos", b"", pax_headers={"mtime": "1600000000.123456789"}),
+                        file("xattrs", b"", xattrs={"user.a": "1", "trusted.b": "\x00\udcff"}),
+                        file("caf\udce9", b"latin-1 name")),  # not UTF-8: PAX writes hdrcharset=BINARY
+        "pax-global": tar_with(tarfile.PAX_FORMAT, file("f", b"g"), pax_headers={"comment": "for all"}),
+        "v7-and-signed": v7_dir.tobuf(tarfile.USTAR_FORMAT) + bytes(signed) + bytes(1024),
+    }
+    return corpus | {f"sparse-{form}": archive for form, (archive, _) in sparse_tars(workdir).items()}
+
+
+FIELDS = ("name", "mode", "uid", "gid", "size", "mtime", "chksum", "type", "linkname", "uname", "gname",
+          "devmajor", "devminor", "offset", "offset_data", "pax_headers", "sparse")
+
+
+def read_all(blob: bytes, tarinfo: type[tarfile.TarInfo]) -> list[tuple[dict, bytes | None]]:
+    with tarfile.open(fileobj=io.BytesIO(blob), mode="r:", tarinfo=tarinfo) as archive:
+        return [({name: getattr(member, name) for name in FIELDS},
+                 archive.extractfile(member).read() if member.isreg() else None) for member in archive]
+
+
+def test_headers_are_read_as_tarfile_reads_them(workdir, monkeypatch):
+    corpus = headers_corpus(workdir)
+    for name, blob in corpus.items():
+        expected = read_all(blob, tarfile.TarInfo)
+        assert expected and read_all(blob, LayerTarInfo) == expected, name
+    slow = []  # the blocks LayerTarInfo leaves to tarfile's own frombuf
+    tarfile_frombuf = tarfile.TarInfo.frombuf.__func__
+
+    def counted(cls, buf, *args):
+        slow.append(buf)
+        return tarfile_frombuf(cls, buf, *args)
+
+    monkeypatch.setattr(tarfile.TarInfo, "frombuf", classmethod(counted))
+    read_all(corpus["pax"], LayerTarInfo)
+    assert slow == [bytes(512)]  # the end of the archive only: every PAX and ustar block took the fast path
+    slow.clear()
+    read_all(corpus["v7-and-signed"], LayerTarInfo)
+    assert len(slow) == 2  # the signed checksum, and the end
+
+
+@pytest.mark.parametrize("form", ["gnu", "pax-0.0", "pax-0.1", "pax-1.0"])
+def test_sparse_files_are_unpacked_whole(form, workdir):
+    blob, content = sparse_tars(workdir)[form]
+    root = unpack_stack("overlay", workdir, [blob])
+    assert open(os.path.join(root, "sparse"), "rb").read() == content
+
+
+@pytest.mark.parametrize("records", [
+    b"99 mtime=1600000000\n",  # a length past the header's data
+    b"19 mtime=1600000000\n",  # one byte short: the record does not end with a newline
+    b"19 mtime1600000000\n",  # no '='
+    b"x mtime=1600000000\n",  # no length
+], ids=["too-long", "unframed", "no-equals", "no-length"])
+def test_a_malformed_pax_record_is_refused(records, workdir):
+    header = tarfile.TarInfo("././@PaxHeader")
+    header.type, header.size = tarfile.XHDTYPE, len(records)
+    blob = (header.tobuf(tarfile.USTAR_FORMAT) + records + bytes(-len(records) % 512)
+            + tar_with(tarfile.USTAR_FORMAT, file("f", b"data")))
+    with pytest.raises(LayerError, match="tar stream is truncated or corrupt .a malformed PAX record"):
+        commit_layer(io.BytesIO(blob), os.path.join(workdir, "layer"), image="t:1", layer="sha256:00",
+                     diff_id=digest(blob))
+
+
+def test_a_corrupt_header_after_the_first_is_refused(workdir):
+    """tarfile alone would stop there quietly, as if the archive had ended, and drop the rest."""
+    blob = bytearray(tar(file("a", b"1"), file("b", b"2"), file("c", b"3")))
+    with tarfile.open(fileobj=io.BytesIO(bytes(blob))) as archive:
+        second = archive.getmembers()[1].offset
+    blob[second + 148] ^= 1  # its checksum, one bit off
+    with pytest.raises(LayerError, match="truncated or corrupt .a corrupt header: bad checksum"):
+        commit_layer(io.BytesIO(bytes(blob)), os.path.join(workdir, "layer"), image="t:1", layer="sha256:00",
+                     diff_id=digest(bytes(blob)))
     assert os.listdir(workdir) == []
 
 

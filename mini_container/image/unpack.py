@@ -1,28 +1,34 @@
 """Unpacking an image layer: a tar stream turned into files, inside the layer root, whiteouts applied.
 
-`tarfile` only *parses* here; its `extractall` is never called (it joins names onto a path and lets the
-kernel resolve them). Each entry becomes the system call that makes its kind of file, relative to the
-descriptor of its parent directory, which `layer_paths` opened without following any symlink:
+`tarfile` only *parses* here (with `tar_headers.LayerTarInfo`, which decodes the common headers
+faster); its `extractall` is never called (it joins names onto a path and lets the kernel resolve
+them). Each entry becomes the system call that makes its kind of file, relative to the descriptor of
+its parent directory, which was opened without following any symlink (`layer_paths`):
 
-    tar type        system call                          then
-    directory  5    mkdirat(parent, name, 0700)          fchown, fchmod, xattrs; mtime after its contents
-    regular    0    openat(O_CREAT|O_EXCL|O_NOFOLLOW)    write, fchown, fchmod, fsetxattr, utimensat
+    tar type        system call                          then (? only if it changes something)
+    directory  5    mkdirat(parent, name, mode)          fstat, fchown?, fchmod?, xattrs; mtime at the end
+    regular    0    openat(O_CREAT|O_EXCL|O_NOFOLLOW)    write, fstat, fchown?, fchmod?, fsetxattr, futimens
     symlink    2    symlinkat(target, parent, name)      fchownat(AT_SYMLINK_NOFOLLOW), utimensat(NOFOLLOW)
     hard link  1    linkat(target_dir, t, parent, name)  (shares the target's inode and metadata)
     char/block 3/4  mknodat(S_IFCHR|S_IFBLK, dev)        fchownat, fchmodat, xattrs, utimensat
     fifo       6    mknodat(S_IFIFO)                     the same
 
+A file or directory is made with its permission bits (less the umask), so the fstat that follows
+usually finds its owner (root, who unpacks) and mode right, and fchown and fchmod are left out: on ext4
+each is a journal transaction. `strace -c -f minictl pull ...` counts the calls.
+
 Traps, each one handled below:
 - chown(2) clears the setuid and setgid bits (and the `security.capability` xattr), so the owner is set
-  first, then the mode, then the xattrs.
+  first, then the mode, then the xattrs; a write(2) drops `security.capability` too, so all of them
+  come after the data.
 - A symlink has no mode of its own; its owner and times are set with AT_SYMLINK_NOFOLLOW (lchown,
   lutimes), or they would land on whatever it points to. Its target is stored verbatim, never followed.
-- Writing a file into a directory changes the directory's mtime, so directories get theirs last,
-  deepest first.
+- Writing a file into a directory changes the directory's mtime, so directories get theirs last.
 - xattrs travel in PAX headers as `SCHILY.xattr.NAME` (the name GNU tar and Go's archive/tar use).
 - An existing name is replaced, never opened: a device or fifo planted by a lower layer at that name is
   unlinked, not written into (O_EXCL after unlink).
-- A huge PAX or GNU long-name header would be read whole into memory by tarfile; it is refused first.
+- A huge PAX or GNU long-name header would be read whole into memory by tarfile; it is refused first
+  (`tar_headers.MAX_HEADER`).
 
 Whiteouts (OCI image spec, "layer.md"): an entry `DIR/.wh.NAME` deletes NAME of the layers below;
 `DIR/.wh..wh..opq` (opaque) deletes everything the layers below hold in DIR. Both apply to lower layers
@@ -67,10 +73,10 @@ from mini_container.image.layer_paths import (
     lstat_at,
     make_opaque,
     make_whiteout,
-    open_path,
     split_name,
 )
 from mini_container.image.layer_stream import REFUSED, LayerError, LayerTarStream
+from mini_container.image.tar_headers import LayerTarInfo
 
 __all__ = ["LayerError", "UnpackedLayer", "unpack_layer", "apply_layer", "commit_layer", "remove_layer",
            "remove_partial_layers"]
@@ -78,7 +84,6 @@ __all__ = ["LayerError", "UnpackedLayer", "unpack_layer", "apply_layer", "commit
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
 PARTIAL_MARK = ".unpacking-"  # commit_layer's work directory: .NAME.unpacking-RANDOM, beside NAME
-MAX_HEADER = 1 << 20  # bytes of one PAX or GNU long-name header
 _XATTR_PAX = "SCHILY.xattr."
 _OVERLAY_XATTR = "trusted.overlay."
 _COPY_CHUNK = 1 << 20
@@ -145,23 +150,13 @@ def remove_partial_layers(parent: str | os.PathLike) -> list[Path]:
     return leftovers
 
 
-class _BoundedTarInfo(tarfile.TarInfo):
-    """tarfile reads a PAX or GNU long-name header into memory whole: cap its size first."""
-
-    def _proc_member(self, tar):
-        if self.type in (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
-                         tarfile.GNUTYPE_LONGLINK) and self.size > MAX_HEADER:
-            raise tarfile.ReadError(f"a {self.size}-byte extended header (more than {MAX_HEADER})")
-        return super()._proc_member(tar)
-
-
 def _unpack(blob: BinaryIO, root: LayerRoot, image: str, layer: str, diff_id: str) -> UnpackedLayer:
     with LayerTarStream(blob, image=image, layer=layer) as stream, _Unpacker(root, image, layer) as unpacker:
         try:
             # "r:" reads headers and data straight from the buffer (the stream mode "r|" copies both
             # through 10 KiB records); the stream seeks forward only, and members are read in order
             with tarfile.open(fileobj=io.BufferedReader(stream, _READ_AHEAD), mode="r:",
-                              tarinfo=_BoundedTarInfo) as tar:
+                              tarinfo=LayerTarInfo) as tar:
                 while (member := tar.next()) is not None:
                     unpacker.apply(member, tar)
                     tar.members.clear()  # tarfile keeps every header it has read; a stream needs none
@@ -187,12 +182,30 @@ def _mtime_ns(member: tarfile.TarInfo) -> int:
     return mtime
 
 
-def _write_all(fd: int, source: BinaryIO) -> None:
-    """Copy a member's data into the open file `fd`; write(2) may write less than it is given."""
-    while chunk := source.read(_COPY_CHUNK):
-        written = 0
-        while written < len(chunk):
-            written += os.write(fd, chunk[written:])
+def _copy_data(tar: tarfile.TarFile, member: tarfile.TarInfo, fd: int) -> None:
+    """Write a member's data into the open file `fd`, read straight from the archive's buffer, where
+    next() left it (extractfile would wrap each member in two more file objects, for nothing here). A
+    sparse member does go through extractfile, which fills its holes with zeros."""
+    if member.sparse is not None:
+        source = tar.extractfile(member)
+        while chunk := source.read(_COPY_CHUNK):
+            _write_all(fd, chunk)
+        return
+    tar.fileobj.seek(member.offset_data)  # where it is already: members are read in order
+    left = member.size
+    while left:
+        chunk = tar.fileobj.read(min(left, _COPY_CHUNK))
+        if not chunk:
+            raise tarfile.ReadError("unexpected end of data")
+        _write_all(fd, chunk)
+        left -= len(chunk)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """write(2) may write less than it is given."""
+    written = os.write(fd, data)
+    while written < len(data):
+        written += os.write(fd, data[written:])
 
 
 class _Unpacker:
@@ -204,16 +217,15 @@ class _Unpacker:
         self.holders: set[Parts] = set()  # and their ancestors
         self.dir_times: dict[Parts, int] = {}
         self.entries = 0
-        self._parent: tuple[Parts, int, Parts] | None = None  # the last parent opened: name, fd, real path
-        self._deleted = False  # something was deleted since it was opened
+        self._dirs: list[tuple[str, int]] = []  # the last parent opened, from the root: (name, fd) each
+        self._detour: int | None = None  # or its fd, when a symlink led there
+        self._deleted = False  # something was deleted since they were opened
 
     def __enter__(self) -> _Unpacker:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._parent is not None:
-            os.close(self._parent[1])
-            self._parent = None
+        self._close_dirs(0)
 
     def apply(self, member: tarfile.TarInfo, tar: tarfile.TarFile) -> None:
         try:
@@ -252,21 +264,52 @@ class _Unpacker:
     def _open_parent(self, parent: Parts) -> tuple[int, Parts]:
         """The directory `parent` names (made if missing) as a descriptor and its real path; kept open.
 
-        A tar lists a directory's entries together, so the last parent is kept and reused: walking from
-        the root for every entry was most of an unpack's system calls. It is reused only if no symlink
-        led to it (each of its components is then a real directory in the target) and nothing has been
-        deleted since: only a deletion can make one of those names stop being that directory.
+        Walking from the root for every entry was most of an unpack's system calls. So the directories
+        of the last parent stay open, one descriptor per component, and the next parent (a tar lists a
+        directory's entries together, and its subdirectories next) starts from the deepest one they
+        share: `usr/share/doc/a` after `usr/share/doc/b` is one openat(2). Each was opened with
+        O_DIRECTORY|O_NOFOLLOW, so each is a real directory of the target, reached through no symlink;
+        they are dropped when anything is deleted, the only way one of those names could stop being that
+        directory. Whatever else (a component missing, a symlink, a lower layer's directory to copy up,
+        a whiteout) is LayerRoot.open_dir's to resolve, from the root.
         """
-        if self._parent is not None:
-            wanted, fd, real = self._parent
-            if wanted == parent == real and not self._deleted:
-                return fd, real
+        if self._deleted:
+            self._close_dirs(0)
+            self._deleted = False
+        fd = self._walk_dirs(parent)
+        if fd is not None:
+            return fd, parent
+        fd, real = self.root.open_dir(parent, make=True)  # make=True: never None
+        if real == parent and (walked := self._walk_dirs(parent)) is not None:  # made or copied up
             os.close(fd)
-            self._parent = None
-        opened = self.root.open_dir(parent, make=True)
-        assert opened is not None  # make=True makes what is missing
-        self._parent, self._deleted = (parent, *opened), False
-        return opened
+            return walked, parent
+        self._detour = fd
+        return fd, real
+
+    def _walk_dirs(self, parent: Parts) -> int | None:
+        """Open `parent` from the deepest directory it shares with the last one, with openat(O_NOFOLLOW);
+        None if a component is not a directory of the target itself (closing what was opened past it)."""
+        shared = 0
+        for (name, _), wanted in zip(self._dirs, parent, strict=False):
+            if name != wanted:
+                break
+            shared += 1
+        self._close_dirs(shared)
+        for name in parent[shared:]:
+            try:
+                fd = os.open(name, O_DIR, dir_fd=self._dirs[-1][1] if self._dirs else self.root.fd)
+            except OSError:  # ENOENT, ELOOP (a symlink), ENOTDIR: open_dir decides
+                return None
+            self._dirs.append((name, fd))
+        return self._dirs[-1][1] if self._dirs else self.root.fd
+
+    def _close_dirs(self, keep: int) -> None:
+        """Close the open directories past the first `keep`, and the detour's."""
+        while len(self._dirs) > keep:
+            os.close(self._dirs.pop()[1])
+        if self._detour is not None:
+            os.close(self._detour)
+            self._detour = None
 
     def _create(self, parent: Parts, name: str, member: tarfile.TarInfo, tar: tarfile.TarFile) -> None:
         link = self._open_link_target(member) if member.islnk() else None
@@ -307,12 +350,12 @@ class _Unpacker:
         there: a taken name fails with FileExistsError before anything is written."""
         if member.isdir():
             if fresh:
-                os.mkdir(name, 0o700, dir_fd=dir_fd)
+                os.mkdir(name, member.mode & 0o777, dir_fd=dir_fd)
             self._with_dir(dir_fd, name, lambda fd: self._set_metadata(fd, None, member))
         elif member.isreg():
-            fd = os.open(name, _CREATE_FILE, 0o600, dir_fd=dir_fd)
+            fd = os.open(name, _CREATE_FILE, member.mode & 0o777, dir_fd=dir_fd)
             try:
-                _write_all(fd, tar.extractfile(member))
+                _copy_data(tar, member, fd)
                 self._set_metadata(fd, None, member)  # after the data: a write drops security.capability
                 mtime = _mtime_ns(member)
                 os.utime(fd, ns=(mtime, mtime))  # futimens(2), after the last write
@@ -356,9 +399,13 @@ class _Unpacker:
     def _set_metadata(self, fd: int, name: str | None, member: tarfile.TarInfo) -> None:
         """Owner, then mode (chown clears setuid), then xattrs: on the open file `fd` when `name` is None,
         else on `name` inside the directory `fd`, never following a symlink."""
-        if name is None:
-            os.fchown(fd, member.uid, member.gid)
-            os.fchmod(fd, member.mode & 0o7777)
+        if name is None:  # fstat first: a file or directory just made often has its owner and mode already
+            st = os.fstat(fd)
+            chowned = (st.st_uid, st.st_gid) != (member.uid, member.gid)
+            if chowned:
+                os.fchown(fd, member.uid, member.gid)
+            if chowned or stat.S_IMODE(st.st_mode) != member.mode & 0o7777:
+                os.fchmod(fd, member.mode & 0o7777)
             target: int | str = fd
         else:
             os.chown(name, member.uid, member.gid, dir_fd=fd, follow_symlinks=False)
@@ -387,15 +434,15 @@ class _Unpacker:
         os.utime(name, ns=(mtime, mtime), dir_fd=dir_fd, follow_symlinks=False)
 
     def set_directory_times(self) -> None:
-        """Give each directory its mtime, deepest first, now that nothing more is written into it."""
+        """Give each directory its mtime, now that nothing more is written into it. utimensat(2) on a
+        directory changes no other's times, so they go in the order of their paths, in which the next
+        shares the most open directories with the last (_walk_dirs)."""
+        self._close_dirs(0)
         times = {**self.root.copied_up, **self.dir_times}
-        for path in sorted(times, key=len, reverse=True):
-            fd = open_path(self.root.fd, path)
-            if fd is not None:  # a later entry of the layer may have replaced the directory
-                try:
-                    os.utime(fd, ns=(times[path], times[path]))
-                finally:
-                    os.close(fd)
+        for path in sorted(times):
+            fd = self._walk_dirs(path)
+            if fd is not None:  # None: a later entry of the layer replaced it (by a symlink, say)
+                os.utime(fd, ns=(times[path], times[path]))
 
     @staticmethod
     def _with_dir(dir_fd: int, name: str, action: Callable[[int], None]) -> None:
