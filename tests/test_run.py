@@ -209,9 +209,11 @@ def test_bad_reference_is_one_line(engine_root):
 
 
 def test_non_root_gets_one_line(engine_root):
-    """Drop to nobody in a forked child (the interpreter may not be executable by nobody) and run main()."""
+    """Drop to nobody in a forked child (the interpreter may not be executable by nobody) and run main().
+    The parser is built first, as root: its modules may not be readable by nobody either."""
     from mini_container import cli
 
+    cli.parser()
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:

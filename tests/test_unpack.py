@@ -35,7 +35,7 @@ from malicious_layers import (
 
 from mini_container import syscalls
 from mini_container.image import layer_stream
-from mini_container.image.layer_stream import short_digest
+from mini_container.image.oci import short_digest
 from mini_container.image.tar_headers import LayerTarInfo
 from mini_container.image.unpack import (
     LayerError,

@@ -79,7 +79,8 @@ import zstandard
 
 from ..errors import ContainerError, ImageNotFoundError, InvalidArgumentError
 from . import oci, reference
-from .layer_stream import GZIP_MAGIC, ZSTD_MAGIC, short_digest, sniff_compression
+from .layer_stream import GZIP_MAGIC, ZSTD_MAGIC, sniff_compression
+from .oci import short_digest
 from .reference import Reference
 from .registry import host_platform, normalize_platform, platform_matches
 from .store import Image, ImageStore, Progress

@@ -47,6 +47,8 @@ import zstandard
 
 from mini_container.errors import ContainerError
 
+from .oci import short_digest
+
 # What a decompressor raises on a stream that is cut short (EOFError) or damaged.
 _STREAM_ERRORS: tuple[type[Exception], ...] = (EOFError, OSError, zlib.error, zstandard.ZstdError)
 try:
@@ -80,12 +82,6 @@ class LayerError(ContainerError):
 
 
 REFUSED = ": refused (the layer is malformed or hostile)"
-
-
-def short_digest(digest: str) -> str:
-    """`sha256:` and the first 12 hex digits, as docker shortens ids."""
-    algorithm, _, hexa = digest.partition(":")
-    return f"{algorithm}:{hexa[:12]}…" if len(hexa) > 12 else digest
 
 
 class _Rejoined(io.RawIOBase):

@@ -65,6 +65,12 @@ _ARCHITECTURES = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "armv6
                   "i386": "386", "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64"}
 
 
+def short_digest(digest: str) -> str:
+    """`sha256:` and the first 12 hex digits, as docker shortens ids."""
+    algorithm, _, hexa = digest.partition(":")
+    return f"{algorithm}:{hexa[:12]}…" if len(hexa) > 12 else digest
+
+
 class InvalidImageError(ContainerError):
     """An image document that is malformed, of an unknown type, or inconsistent with another one."""
 

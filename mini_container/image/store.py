@@ -50,7 +50,7 @@ from pathlib import Path
 
 from ..errors import ContainerError, ImageNotFoundError, InvalidArgumentError
 from . import oci, reference
-from .layer_stream import short_digest
+from .oci import short_digest
 from .reference import Reference
 
 Progress = Callable[[str, int, int], None]
