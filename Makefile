@@ -1,7 +1,7 @@
 # The two commands of the README, and a few more for developers. Run them as root (sudo make ...).
 VENV := .venv/bin
 
-.PHONY: workshop test provision lint
+.PHONY: workshop test test-vm provision lint
 
 workshop: ## install everything, then start JupyterLab on the lessons
 	scripts/provision.sh
@@ -10,6 +10,10 @@ workshop: ## install everything, then start JupyterLab on the lessons
 test: ## install everything (the default images too: tests run the Debian one), then run the whole suite
 	scripts/provision.sh
 	$(VENV)/pytest
+
+test-vm: ## install everything, then run the live suite in a Debian 12 VM on a pure cgroup v2 kernel (qemu)
+	scripts/provision.sh --no-images
+	$(VENV)/python scripts/vm/run.py
 
 provision:
 	scripts/provision.sh

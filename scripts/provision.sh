@@ -6,7 +6,7 @@
 # Idempotent: a second run installs nothing new, changes no file, and succeeds.
 #
 #   sudo scripts/provision.sh                      everything
-#   sudo scripts/provision.sh --no-images          skip building the default images (the tests build their own)
+#   sudo scripts/provision.sh --no-images          skip building the default images
 #   sudo scripts/provision.sh --listen ADDRESS     where the services listen (default 127.0.0.1; the VM's
 #                                                  Vagrantfile says where its forwarded ports arrive)
 #   sudo scripts/provision.sh --venv DIR           the virtual environment (default: .venv in the project)
@@ -31,7 +31,7 @@ ID="" ID_LIKE="" VERSION_ID="" VERSION_CODENAME="" UBUNTU_CODENAME="" PRETTY_NAM
 . "$os_release"
 supported() {
     case "$ID" in
-        debian) [ -z "$VERSION_ID" ] || [ "${VERSION_ID%%.*}" -ge 12 ] 2>/dev/null ;;  # no VERSION_ID: testing
+        debian) [ -z "$VERSION_ID" ] || [ "${VERSION_ID%%.*}" -ge 12 ] 2>/dev/null ;;  # none: testing
         ubuntu) [ "${VERSION_ID%%.*}" -ge 22 ] 2>/dev/null ;;
         *) case " $ID_LIKE " in  # a derivative: judged by the release it is built on
                *" ubuntu "*) case "$UBUNTU_CODENAME" in jammy|noble) ;; *) return 1 ;; esac ;;
@@ -73,7 +73,8 @@ missing=()
 for package in "${packages[@]}"; do
     command_name="${provided_by[$package]:-}"
     if [ -n "$command_name" ] && command -v "$command_name" >/dev/null; then continue; fi
-    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+    status="$(dpkg-query -W -f='${Status}' "$package" 2>/dev/null || true)"
+    [ "$status" = "install ok installed" ] || missing+=("$package")
 done
 
 # --- a Python of 3.11 or newer --------------------------------------------------------------------------
@@ -103,8 +104,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
     for package in "${missing[@]}"; do
         apt-cache show "$package" >/dev/null 2>&1 || unavailable+=("$package")
     done
-    [ "${#unavailable[@]}" -eq 0 ] || die "no installable candidate for ${unavailable[*]} in the apt sources" \
-        "(on Ubuntu: enable the universe component, then run this again); nothing was installed"
+    [ "${#unavailable[@]}" -eq 0 ] || die "no installable candidate for ${unavailable[*]} in the apt" \
+        "sources (on Ubuntu: enable the universe component, then run this again); nothing was installed"
     echo "provision.sh: installing ${missing[*]}"
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
