@@ -118,12 +118,13 @@ if [ ! -x "$venv/bin/python" ] || ! python_ok "$venv/bin/python"; then
     rm -rf "$venv"
     "$python" -m venv "$venv"
 fi
-stamp="$venv/.provisioned"
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+stamp="$venv/.provisioned"  # the sha256 of the pyproject.toml last installed (not its mtime: a fresh
+wanted="$(sha256sum pyproject.toml | cut -d' ' -f1)"  # clone or copy of the same file is newer, not new)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
     echo "provision.sh: installing mini-container and its extras into $venv"
     "$venv/bin/pip" install -q --upgrade pip
     "$venv/bin/pip" install -q -e '.[dev,lessons,web]'
-    touch "$stamp"
+    echo "$wanted" > "$stamp"
 fi
 
 # --- the default images ---------------------------------------------------------------------------------
