@@ -11,7 +11,7 @@ test: ## install everything (the default images too: tests run the Debian one), 
 	scripts/provision.sh
 	$(VENV)/pytest
 
-test-vm: ## install everything, then run the live suite in a Debian 12 VM on a pure cgroup v2 kernel (qemu)
+test-vm: ## provision (no images), then the VM test: a Debian 12 VM on a pure cgroup v2 kernel (README)
 	scripts/provision.sh --no-images
 	$(VENV)/python scripts/vm/run.py
 
