@@ -19,7 +19,14 @@ from mini_container import namespaces, syscalls
 from mini_container.errors import InvalidArgumentError
 from mini_container.namespaces import ForkedChild, run_in_child
 
-CGROUP2_ROOT = "/sys/fs/cgroup/unified"
+
+def cgroup2_mount() -> str:
+    """Where the cgroup v2 tree is mounted: /sys/fs/cgroup/unified on a hybrid host, /sys/fs/cgroup on v2."""
+    with open("/proc/self/mountinfo") as f:
+        return next(line.split()[4] for line in f if line.partition(" - ")[2].startswith("cgroup2 "))
+
+
+CGROUP2_ROOT = cgroup2_mount()
 
 
 def mount_points(pid: int | str = "self") -> set[str]:

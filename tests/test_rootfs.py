@@ -124,7 +124,9 @@ def test_readonly_paths_and_sys_refuse_writes(engine_root):
     present = [p for p in DEFAULT_READONLY_PATHS if os.path.exists(p)]
     files = [p for p in present if os.path.isfile(p)]  # /proc/sysrq-trigger, if the kernel has it
     script = ["echo 1 > /proc/sys/net/ipv4/ip_forward", "touch /sys/x"]
-    script += [f": > {p}" for p in files]  # opens for writing, writes nothing: harmless even if it worked
+    # opens for writing, writes nothing: harmless even if it worked (`true`, not `:`, a special builtin
+    # whose failed redirection would end the shell before the mount table is printed)
+    script += [f"true > {p}" for p in files]
     result = run(engine_root, "busybox", "sh", "-c", "; ".join(script) + "; cat /proc/self/mountinfo")
     assert result.stderr.count("Read-only file system") == 2 + len(files), result.stderr
     table = mounts_inside(result.stdout)
