@@ -25,8 +25,9 @@ and this module reads it:
   their state or IPv4 addresses, and /sys/class/net shows the namespace of whoever mounted /sys. So a
   thread joins /proc/PID/ns/net and opens an AF_NETLINK socket: a socket belongs to the network
   namespace of the task that creates it. We send RTM_GETLINK and RTM_GETADDR dump requests and parse
-  the replies ourselves (about sixty lines) rather than depend on pyroute2: the messages are small, and
-  seeing their layout (nlmsghdr, ifinfomsg/ifaddrmsg, then type-length-value attributes) is the lesson.
+  the replies with the network stage's own rtnetlink module (network/rtnetlink.py): the messages are
+  small, and seeing their layout (nlmsghdr, ifinfomsg/ifaddrmsg, then type-length-value attributes) is
+  the lesson.
 - /proc/PID/root: a magic link to the process's root directory; listing through it shows "/" as the
   process sees it, even after pivot_root into another mount namespace.
 
@@ -45,13 +46,13 @@ import ipaddress
 import os
 import select
 import socket
-import struct
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from mini_container import syscalls
 from mini_container.errors import ContainerError
+from mini_container.network import rtnetlink as rt
 
 NAMESPACE_KINDS = ("pid", "pid_for_children", "net", "mnt", "uts", "ipc", "user", "cgroup",
                    "time", "time_for_children")
@@ -215,71 +216,31 @@ def read_processes(pid: int) -> list[dict[str, Any]]:
     return sorted(found, key=lambda p: p["ns_pid"])
 
 
-# --- rtnetlink ----------------------------------------------------------------------------------------
-# <linux/netlink.h>, <linux/rtnetlink.h>, <linux/if_link.h>, <linux/if_addr.h>
-NLMSG_ERROR, NLMSG_DONE = 2, 3
-NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
-RTM_GETLINK, RTM_GETADDR = 18, 22
-IFLA_ADDRESS, IFLA_IFNAME, IFLA_OPERSTATE, IFLA_LINKINFO, IFLA_INFO_KIND = 1, 3, 16, 18, 1
-IFA_ADDRESS, IFA_LOCAL = 1, 2
-IFF_UP = 0x1
+# --- rtnetlink (the messages and the socket are network/rtnetlink.py's) ---------------------------------
+IFLA_OPERSTATE = 16  # <linux/if_link.h>
 OPERSTATES = ("unknown", "notpresent", "down", "lowerlayerdown", "testing", "dormant", "up")
-NLMSG_HEADER = struct.Struct("=IHHII")  # length, type, flags, sequence, port id
-IFINFOMSG = struct.Struct("=BxHiII")  # family, (pad), device type, index, flags, change mask
-IFADDRMSG = struct.Struct("=BBBBI")  # family, prefix length, flags, scope, index
-RTATTR = struct.Struct("=HH")  # length, type; then the value, padded to 4 bytes
-
-
-def _attributes(data: bytes) -> dict[int, bytes]:
-    attrs, offset = {}, 0
-    while offset + RTATTR.size <= len(data):
-        length, kind = RTATTR.unpack_from(data, offset)
-        if length < RTATTR.size:
-            break
-        attrs.setdefault(kind, data[offset + RTATTR.size:offset + length])
-        offset += (length + 3) & ~3
-    return attrs
-
-
-def _dump(sock: socket.socket, msg_type: int, body: bytes) -> list[bytes]:
-    """Send one dump request and return the payloads of the replies (each after its nlmsghdr)."""
-    sock.send(NLMSG_HEADER.pack(NLMSG_HEADER.size + len(body), msg_type, NLM_F_REQUEST | NLM_F_DUMP, 1, 0)
-              + body)
-    payloads = []
-    while True:
-        data, offset = sock.recv(1 << 16), 0
-        while offset + NLMSG_HEADER.size <= len(data):
-            length, kind, _, _, _ = NLMSG_HEADER.unpack_from(data, offset)
-            if kind == NLMSG_DONE:
-                return payloads
-            payload = data[offset + NLMSG_HEADER.size:offset + length]
-            if kind == NLMSG_ERROR:
-                code = -struct.unpack_from("=i", payload)[0]
-                raise OSError(code, f"rtnetlink dump {msg_type}: {os.strerror(code)}")
-            payloads.append(payload)
-            offset += (length + 3) & ~3
 
 
 def _links_and_addresses() -> list[dict[str, Any]]:
     """Links of the calling thread's network namespace, each with its addresses."""
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE) as s:
+    with rt.Rtnetlink() as sock:
         links = {}
-        for payload in _dump(s, RTM_GETLINK, IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)):
-            _, _, index, flags, _ = IFINFOMSG.unpack_from(payload)
-            attrs = _attributes(payload[IFINFOMSG.size:])
-            info = _attributes(attrs.get(IFLA_LINKINFO, b""))
+        for payload in sock.dump(rt.RTM_GETLINK, rt.IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)):
+            _, _, index, flags, _ = rt.IFINFOMSG.unpack_from(payload)
+            attrs = rt.attributes(payload[rt.IFINFOMSG.size:])
+            info = rt.attributes(attrs.get(rt.IFLA_LINKINFO, b""))
             operstate = attrs.get(IFLA_OPERSTATE, b"\0")[0]
             links[index] = {
-                "name": attrs[IFLA_IFNAME].rstrip(b"\0").decode(), "index": index,
-                "state": "up" if flags & IFF_UP else "down",
+                "name": attrs[rt.IFLA_IFNAME].rstrip(b"\0").decode(), "index": index,
+                "state": "up" if flags & rt.IFF_UP else "down",
                 "operstate": OPERSTATES[operstate] if operstate < len(OPERSTATES) else str(operstate),
-                "mac": attrs.get(IFLA_ADDRESS, b"").hex(":"),
-                "kind": info.get(IFLA_INFO_KIND, b"").rstrip(b"\0").decode(), "addresses": [],
+                "mac": attrs.get(rt.IFLA_ADDRESS, b"").hex(":"),
+                "kind": info.get(rt.IFLA_INFO_KIND, b"").rstrip(b"\0").decode(), "addresses": [],
             }
-        for payload in _dump(s, RTM_GETADDR, IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)):
-            family, prefix, _, _, index = IFADDRMSG.unpack_from(payload)
-            attrs = _attributes(payload[IFADDRMSG.size:])
-            raw = attrs.get(IFA_LOCAL) or attrs.get(IFA_ADDRESS)  # LOCAL is ours on point-to-point links
+        for payload in sock.dump(rt.RTM_GETADDR, rt.IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)):
+            family, prefix, _, _, index = rt.IFADDRMSG.unpack_from(payload)
+            attrs = rt.attributes(payload[rt.IFADDRMSG.size:])
+            raw = attrs.get(rt.IFA_LOCAL) or attrs.get(rt.IFA_ADDRESS)  # LOCAL: ours on point-to-point links
             if raw and index in links:
                 address = ipaddress.ip_address(raw)
                 links[index]["addresses"].append(
