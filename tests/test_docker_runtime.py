@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 from docker_fixture import DOCKER, Dockerd
-from helpers import REPO, minictl
+from helpers import REPO, minictl, wait_for
 
 RUNTIME = "mini"
 # The shim's runtime root for containers of dockerd's "moby" namespace, under its --exec-root.
@@ -157,14 +157,6 @@ def logs_of(dockerd: Dockerd, name: str) -> subprocess.CompletedProcess | None:
     """docker logs NAME, once both its stdout and its stderr have something."""
     logs = dockerd.docker("logs", name)
     return logs if logs.stdout and logs.stderr else None
-
-
-def wait_for(condition, what: str, timeout: float = 20):
-    deadline = time.monotonic() + timeout
-    while not (result := condition()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-    return result
 
 
 def on_a_terminal(dockerd: Dockerd, *args: str, typed: bytes, after: bytes = b"READY",
@@ -308,7 +300,7 @@ def test_the_cgroup_is_where_docker_asked(dockerd, box):
 def test_detached_output_is_in_docker_logs(dockerd, containers):
     name = containers("logs")
     run(dockerd, "-d", "--name", name, "busybox", "sh", "-c", "echo hello; echo oops >&2; sleep 100")
-    logs = wait_for(lambda: logs_of(dockerd, name), "the container's output in docker logs")
+    logs = wait_for(lambda: logs_of(dockerd, name), "the container's output in docker logs", timeout=20)
     assert (logs.stdout, logs.stderr) == ("hello\n", "oops\n")
 
 
@@ -323,14 +315,14 @@ def test_stop_kills_a_pid_1_that_ignores_sigterm(dockerd, containers):
     assert inspect(dockerd, name, "{{.State.Status}} {{.State.ExitCode}}") == "exited 137"
     assert not Path(f"/proc/{pid}").exists()
     wait_for(lambda: not directory.exists() and not cgroups_of(dockerd, identifier),
-             "runc delete of the stopped container")
+             "runc delete of the stopped container", timeout=20)
 
 
 def test_stop_lets_a_pid_1_with_a_handler_exit(dockerd, containers):
     name = containers("term")
     run(dockerd, "-d", "--name", name, "busybox", "sh", "-c", "trap 'exit 42' TERM; echo ready; "
         "while true; do sleep 0.1; done")
-    wait_for(lambda: dockerd.docker("logs", name).stdout, "the trap to be set")
+    wait_for(lambda: dockerd.docker("logs", name).stdout, "the trap to be set", timeout=20)
     dockerd.docker("stop", "-t", "20", name)
     assert inspect(dockerd, name, "{{.State.ExitCode}}") == "42"
 

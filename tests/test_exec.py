@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from helpers import REPO, minictl
+from helpers import REPO, minictl, wait_for
 
 from mini_container import namespaces
 from mini_container.runtime import oci
@@ -57,14 +57,6 @@ def exec_in(root, *args: str, **kwargs) -> subprocess.CompletedProcess:
 def procs(cgroup: dict[str, str]) -> set[int]:
     return {int(pid) for path in set(cgroup.values())
             for pid in Path(path, "cgroup.procs").read_text().split()}
-
-
-def wait_for(condition, what: str, timeout: float = 10):
-    deadline = time.monotonic() + timeout
-    while not (result := condition()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-    return result
 
 
 def ns_pid(pid: int) -> int:
